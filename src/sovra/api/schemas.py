@@ -1,0 +1,20 @@
+"""Request and response bodies shared by several routers."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from sovra.domain.edges import RelatedResource
+
+T = TypeVar("T")
+
+
+class ListResponse(BaseModel, Generic[T]):
+    items: list[T]
+    next_page_token: str | None = Field(default=None, description="Pass as page_token for the next page.")
+
+
+class RelatedList(BaseModel):
+    items: list[RelatedResource]

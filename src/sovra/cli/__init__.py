@@ -1,0 +1,1 @@
+"""The ``sovra`` command (Typer + Rich)."""

@@ -1,0 +1,68 @@
+"""``sovra up``, ``sovra server`` and ``sovra worker``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sovra.config import Settings
+from sovra.service import admin_token, configure_logging, open_database, run_server, run_worker_process
+
+console = Console(stderr=True)
+
+
+def up(
+    workers: Annotated[int, typer.Option(min=0, max=64, help="Worker threads in this process.")] = 2,
+    port: Annotated[int | None, typer.Option(help="API port (default 8790).")] = None,
+) -> None:
+    """Run everything in one process on embedded defaults (SQLite, local API)."""
+    configure_logging()
+    settings = Settings()
+    if port is not None:
+        settings.api_port = port
+    db = open_database(settings)
+    token, created = admin_token(settings, create=True)
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    console.print(f"[bold green]Sovra is up[/] at [bold]{url}[/]  (API: {url}/v1, docs: {url}/docs)")
+    console.print(f"  database: {db.engine.url.render_as_string(hide_password=True)}")
+    if created:
+        console.print("  admin token (shown once, also stored in "
+                      f"{settings.admin_token_path} with mode 0600):")
+        typer.echo(f"  {token}")
+    else:
+        console.print(f"  admin token: in {settings.admin_token_path} or SOVRA_ADMIN_TOKEN")
+    run_server(settings, token, db, workers=workers)
+
+
+def server(port: Annotated[int | None, typer.Option(help="API port (default 8790).")] = None,
+           host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None) -> None:
+    """Serve the REST API only; run `sovra worker` processes beside it."""
+    configure_logging()
+    settings = Settings()
+    if port is not None:
+        settings.api_port = port
+    if host is not None:
+        settings.api_host = host
+    db = open_database(settings)
+    token, _ = admin_token(settings, create=False)
+    if token is None:
+        console.print("[red]no admin token:[/] set SOVRA_ADMIN_TOKEN, or run `sovra up` once to create one")
+        raise typer.Exit(2)
+    console.print(f"Sovra API at http://{settings.api_host}:{settings.api_port}")
+    run_server(settings, token, db)
+
+
+def worker(concurrency: Annotated[int, typer.Option(min=1, max=64, help="Worker threads.")] = 1) -> None:
+    """Execute operations: claim them from the database with a lease, run their steps."""
+    configure_logging()
+    settings = Settings()
+    db = open_database(settings)
+    run_worker_process(settings, db, concurrency)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(server)
+    app.command()(worker)

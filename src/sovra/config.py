@@ -1,0 +1,47 @@
+"""Settings, read from the environment (prefix ``SOVRA_``) with embedded defaults.
+
+The defaults are the all-in-one mode: SQLite in a data directory and the API on localhost.
+Pointing ``SOVRA_DATABASE_URL`` at PostgreSQL switches the store to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8790
+
+
+class Settings(BaseSettings):
+    """Everything a Sovra process needs to know to start."""
+
+    model_config = SettingsConfigDict(env_prefix="SOVRA_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("/var/lib/sovra"), description="Where embedded state lives.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; SQLite in data_dir when unset."
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_PORT
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the built-in admin principal."
+    )
+    lease_seconds: float = Field(default=15.0, gt=0, description="How long a worker's claim lasts.")
+    poll_seconds: float = Field(default=0.2, gt=0, description="Idle worker poll interval.")
+    default_step_deadline_seconds: float = Field(default=300.0, gt=0)
+    max_page_size: int = Field(default=500, gt=0)
+    plugins: list[str] = Field(
+        default_factory=list, description="Extra modules that register operation handlers."
+    )
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to an SQLite file inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'sovra.db'}"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"

@@ -1,0 +1,1 @@
+"""Pydantic models, state machines and rules; no I/O."""

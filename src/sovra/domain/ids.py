@@ -1,0 +1,30 @@
+"""Resource identifiers: UUIDv7 (RFC 9562), so ids sort by creation time.
+
+Time-ordered ids make keyset pagination follow creation order and keep B-tree inserts local.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def new_id() -> str:
+    """A new UUIDv7 as its canonical lowercase string."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
+    value |= 0b10 << 62  # RFC 9562 variant
+    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    return str(uuid.UUID(int=value))
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` is a canonical lowercase UUID string."""
+    return bool(_UUID_RE.match(text))

@@ -1,0 +1,56 @@
+"""Handlers that ship with the core: ``noop`` (health checks and benchmarks) and project teardown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sovra.operations.context import StepContext
+from sovra.operations.errors import StepError
+from sovra.operations.registry import Registry, Step
+from sovra.store import graph, resources
+
+PROJECT_DELETE = "project.delete"
+
+
+def _noop(ctx: StepContext) -> dict[str, Any]:
+    return {}
+
+
+def _check_unused(ctx: StepContext) -> dict[str, Any]:
+    """Refuse to tear down what another project still uses (``uses`` edges from outside)."""
+    with ctx.db.read() as conn:
+        doomed = graph.owned_closure(conn, ctx.operation.target_id or "")
+        blockers = graph.blocking_users(conn, doomed)
+    if blockers:
+        raise StepError(
+            "IN_USE",
+            "still used by " + ", ".join(f"{b.kind} {b.name} ({b.id})" for b in blockers),
+            dependents=[b.model_dump(mode="json") for b in blockers],
+        )
+    return {"resources": len(doomed)}
+
+
+def _teardown(ctx: StepContext) -> dict[str, Any]:
+    """Delete everything the project owns, dependents before what they depend on, then the project.
+
+    Each deletion is its own transaction, so a resumed teardown simply continues: what is gone is
+    no longer in the order.
+    """
+    root = ctx.operation.target_id or ""
+    with ctx.db.read() as conn:
+        order = graph.teardown_order(conn, root)
+    for position, item in enumerate(order, start=1):
+        ctx.check()
+        with ctx.db.write() as conn:
+            resources.delete(conn, [item.id])
+        if position % 50 == 0:
+            ctx.progress(50 + 50 * position // len(order), f"deleted {position} of {len(order)}")
+    return {"deleted": [item.id for item in order]}
+
+
+def register(registry: Registry) -> None:
+    registry.register("noop", [Step("noop", _noop, deadline_seconds=30)])
+    registry.register(
+        PROJECT_DELETE,
+        [Step("check-unused", _check_unused, max_attempts=1), Step("teardown", _teardown)],
+    )

@@ -1,0 +1,13 @@
+"""Alembic environment: the engine comes from the caller (see sovra.store.migrate)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from sovra.store.schema import metadata
+
+engine = context.config.attributes["engine"]
+with engine.begin() as connection:
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
