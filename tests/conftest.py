@@ -9,6 +9,7 @@ import pytest
 
 from sovra.store.database import Database
 from tests.support.databases import empty_all_tables, migrated, temporary_postgres_database
+from tests.support.live_server import LiveServer, live_server
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -44,3 +45,10 @@ def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """A real API over HTTP on each backend, with one in-process worker."""
+    with live_server(database_url, tmp_path / "data") as server:
+        yield server

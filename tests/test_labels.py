@@ -40,7 +40,9 @@ def test_matches(selector: str, labels: dict[str, str], expected: bool) -> None:
     assert matches(parse_selector(selector), labels) is expected
 
 
-@pytest.mark.parametrize("bad", ["env=(", "tier in ()", "in in", "=x", "a=b=c", "tier in (a", "x)", "bad key=1"])
+@pytest.mark.parametrize(
+    "bad", ["env=(", "tier in ()", "in in", "=x", "a=b=c", "tier in (a", "x)", "bad key=1"]
+)
 def test_malformed_selectors_name_the_parameter(bad: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         parse_selector(bad)
