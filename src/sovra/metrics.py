@@ -18,15 +18,19 @@ API_LATENCY = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 OPERATIONS_FINISHED = Counter(
-    "sovra_operations_finished_total", "Operations this worker finished, by verb and final state.",
+    "sovra_operations_finished_total",
+    "Operations this worker finished, by verb and final state.",
     ["verb", "state"],
 )
 OPERATION_DURATION = Histogram(
-    "sovra_operation_duration_seconds", "From creation to a final state, by verb.", ["verb"],
+    "sovra_operation_duration_seconds",
+    "From creation to a final state, by verb.",
+    ["verb"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
 )
 STEP_DURATION = Histogram(
-    "sovra_operation_step_duration_seconds", "Time spent in one step attempt, by verb and step.",
+    "sovra_operation_step_duration_seconds",
+    "Time spent in one step attempt, by verb and step.",
     ["verb", "step"],
 )
 
@@ -39,7 +43,9 @@ class OperationsCollector(Collector):
         self._db = db
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("sovra_operations", "Operations by state and verb.", labels=["state", "verb"])
+        family = GaugeMetricFamily(
+            "sovra_operations", "Operations by state and verb.", labels=["state", "verb"]
+        )
         with self._db.read() as conn:
             for state, verb, count in operation_store.count_by_state_and_verb(conn):
                 family.add_metric([state, verb], count)

@@ -63,8 +63,9 @@ def run_server(settings: Settings, token: str | None, db: Database, workers: int
     if workers:
         run_workers(db, default_registry(settings.plugins), settings, workers, stop)
     app = create_app(settings, db, token)
-    config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
-                            access_log=False)
+    config = uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
+    )
     try:
         uvicorn.Server(config).run()
     finally:

@@ -53,8 +53,9 @@ def resource_edges(resource_id: str, ctx: Context, db: DB) -> EdgeList:
 
 
 @router.get("/resources/{resource_id}/dependents", response_model=RelatedList)
-def resource_dependents(resource_id: str, ctx: Context, db: DB, depth: Depth = graph.MAX_DEPTH,
-                        type: Types = None) -> RelatedList:  # noqa: A002 - the public query name
+def resource_dependents(
+    resource_id: str, ctx: Context, db: DB, depth: Depth = graph.MAX_DEPTH, type: Types = None
+) -> RelatedList:
     """Everything that depends on the resource (what breaks if it goes), nearest first."""
     with db.read() as conn:
         resource_store.get(conn, resource_id, project_ids=ctx.project_ids)
@@ -63,8 +64,9 @@ def resource_dependents(resource_id: str, ctx: Context, db: DB, depth: Depth = g
 
 
 @router.get("/resources/{resource_id}/dependencies", response_model=RelatedList)
-def resource_dependencies(resource_id: str, ctx: Context, db: DB, depth: Depth = graph.MAX_DEPTH,
-                          type: Types = None) -> RelatedList:  # noqa: A002
+def resource_dependencies(
+    resource_id: str, ctx: Context, db: DB, depth: Depth = graph.MAX_DEPTH, type: Types = None
+) -> RelatedList:
     """Everything the resource depends on, nearest first."""
     with db.read() as conn:
         resource_store.get(conn, resource_id, project_ids=ctx.project_ids)

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBL
 
 @router.get("", response_model=ListResponse[Operation])
 def list_operations(
-    ctx: Context, db: DB, settings: Config,
+    ctx: Context,
+    db: DB,
+    settings: Config,
     project_id: Annotated[str | None, Query(max_length=36)] = None,
     target_id: Annotated[str | None, Query(max_length=36)] = None,
     state: OperationState | None = None,
@@ -28,8 +30,14 @@ def list_operations(
     """Newest first. Steps are left out of lists; read one operation to see them."""
     with db.read() as conn:
         page = operation_store.list_page(
-            conn, project_ids=ctx.project_ids, page_size=min(page_size, settings.max_page_size),
-            page_token=page_token, project_id=project_id, target_id=target_id, state=state, verb=verb,
+            conn,
+            project_ids=ctx.project_ids,
+            page_size=min(page_size, settings.max_page_size),
+            page_token=page_token,
+            project_id=project_id,
+            target_id=target_id,
+            state=state,
+            verb=verb,
         )
     return ListResponse[Operation](items=page.items, next_page_token=page.next_page_token)
 

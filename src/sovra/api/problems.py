@@ -33,8 +33,14 @@ class Problem(BaseModel):
     errors: list[FieldError] = Field(default_factory=list)
 
 
-def problem_response(request: Request, status: int, title: str, detail: str,
-                     errors: list[dict[str, str]] | None = None, **extensions: Any) -> JSONResponse:
+def problem_response(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + title.lower().replace(" ", "-"),
         "title": title,
@@ -71,8 +77,10 @@ async def _on_sovra_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"field": _field_path(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))}
-              for e in exc.errors()]
+    errors = [
+        {"field": _field_path(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "the request is malformed"
     return problem_response(request, 422, "Unprocessable request", detail, errors)
 
@@ -89,8 +97,12 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(request, 500, "Internal error",
-                            "the server failed; the request id in X-Request-ID helps find it in the logs")
+    return problem_response(
+        request,
+        500,
+        "Internal error",
+        "the server failed; the request id in X-Request-ID helps find it in the logs",
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -60,10 +60,15 @@ class Project(BaseModel):
     @classmethod
     def of(cls, resource: Resource) -> Project:
         return cls(
-            id=resource.id, name=resource.name, labels=resource.labels,
-            spec=ProjectSpec.model_validate(resource.spec), status=resource.status,
-            generation=resource.generation, version=resource.version,
-            created_at=resource.created_at, updated_at=resource.updated_at,
+            id=resource.id,
+            name=resource.name,
+            labels=resource.labels,
+            spec=ProjectSpec.model_validate(resource.spec),
+            status=resource.status,
+            generation=resource.generation,
+            version=resource.version,
+            created_at=resource.created_at,
+            updated_at=resource.updated_at,
         )
 
 
@@ -80,8 +85,13 @@ def create_project(body: ProjectCreate, ctx: Context, db: DB, response: Response
     validate_labels(body.labels)
     with db.write() as conn:
         resource = resource_store.create(
-            conn, kind=PROJECT_KIND, name=body.name, project_id=None, labels=body.labels,
-            spec=body.spec.model_dump(), state=ProjectState.ACTIVE,
+            conn,
+            kind=PROJECT_KIND,
+            name=body.name,
+            project_id=None,
+            labels=body.labels,
+            spec=body.spec.model_dump(),
+            state=ProjectState.ACTIVE,
         )
     response.headers["Location"] = f"/v1/projects/{resource.id}"
     return _with_etag(response, resource)
@@ -89,18 +99,28 @@ def create_project(body: ProjectCreate, ctx: Context, db: DB, response: Response
 
 @router.get("", response_model=ListResponse[Project])
 def list_projects(
-    ctx: Context, db: DB, settings: Config,
-    label_selector: Annotated[str | None, Query(max_length=4096, description="e.g. env=prod,tier in (web)")] = None,
+    ctx: Context,
+    db: DB,
+    settings: Config,
+    label_selector: Annotated[
+        str | None, Query(max_length=4096, description="e.g. env=prod,tier in (web)")
+    ] = None,
     page_size: PageSize = 100,
     page_token: PageToken = None,
 ) -> ListResponse[Project]:
     selector = parse_selector(label_selector)
     with db.read() as conn:
         page = resource_store.list_page(
-            conn, kind=PROJECT_KIND, project_ids=ctx.project_ids, selector=selector,
-            page_size=min(page_size, settings.max_page_size), page_token=page_token,
+            conn,
+            kind=PROJECT_KIND,
+            project_ids=ctx.project_ids,
+            selector=selector,
+            page_size=min(page_size, settings.max_page_size),
+            page_token=page_token,
         )
-    return ListResponse[Project](items=[Project.of(r) for r in page.items], next_page_token=page.next_page_token)
+    return ListResponse[Project](
+        items=[Project.of(r) for r in page.items], next_page_token=page.next_page_token
+    )
 
 
 @router.get("/{project_id}", response_model=Project)
@@ -111,8 +131,9 @@ def get_project(project_id: str, ctx: Context, db: DB, response: Response) -> Pr
 
 
 @router.patch("/{project_id}", response_model=Project)
-def update_project(project_id: str, body: ProjectPatch, ctx: Context, db: DB, response: Response,
-                   if_match: IfMatch = None) -> Project:
+def update_project(
+    project_id: str, body: ProjectPatch, ctx: Context, db: DB, response: Response, if_match: IfMatch = None
+) -> Project:
     expected = parse_if_match(if_match)
     if body.name is not None:
         validate_name(body.name)
@@ -124,17 +145,33 @@ def update_project(project_id: str, body: ProjectPatch, ctx: Context, db: DB, re
             current = resource_store.get(conn, project_id, kind=PROJECT_KIND, project_ids=ctx.project_ids)
             spec = {**current.spec, **body.spec.model_dump(exclude_unset=True)}
         resource = resource_store.update(
-            conn, project_id, expected_version=expected, name=body.name, labels=body.labels, spec=spec,
-            kind=PROJECT_KIND, project_ids=ctx.project_ids,
+            conn,
+            project_id,
+            expected_version=expected,
+            name=body.name,
+            labels=body.labels,
+            spec=spec,
+            kind=PROJECT_KIND,
+            project_ids=ctx.project_ids,
         )
     return _with_etag(response, resource)
 
 
 @router.delete("/{project_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Operation)
 def delete_project(
-    project_id: str, ctx: Context, db: DB, response: Response, if_match: IfMatch = None,
-    request_id: Annotated[str | None, Query(min_length=1, max_length=128,
-                                            description="Idempotency key: the same id returns the same operation.")] = None,
+    project_id: str,
+    ctx: Context,
+    db: DB,
+    response: Response,
+    if_match: IfMatch = None,
+    request_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=128,
+            description="Idempotency key: the same id returns the same operation.",
+        ),
+    ] = None,
 ) -> Operation:
     """Start tearing the project down; answers with the operation that does it."""
     expected = parse_if_match(if_match)
@@ -150,8 +187,13 @@ def delete_project(
                 dependents=[b.model_dump(mode="json") for b in blockers],
             )
         operation, created = operation_store.create(
-            conn, verb=PROJECT_DELETE, principal=ctx.principal, project_id=project_id,
-            target_id=project_id, target_kind=PROJECT_KIND, request_id=request_id,
+            conn,
+            verb=PROJECT_DELETE,
+            principal=ctx.principal,
+            project_id=project_id,
+            target_id=project_id,
+            target_kind=PROJECT_KIND,
+            request_id=request_id,
         )
         if created:
             resource_store.update_status(

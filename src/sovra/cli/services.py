@@ -28,16 +28,19 @@ def up(
     console.print(f"[bold green]Sovra is up[/] at [bold]{url}[/]  (API: {url}/v1, docs: {url}/docs)")
     console.print(f"  database: {db.engine.url.render_as_string(hide_password=True)}")
     if created:
-        console.print("  admin token (shown once, also stored in "
-                      f"{settings.admin_token_path} with mode 0600):")
+        console.print(
+            f"  admin token (shown once, also stored in {settings.admin_token_path} with mode 0600):"
+        )
         typer.echo(f"  {token}")
     else:
         console.print(f"  admin token: in {settings.admin_token_path} or SOVRA_ADMIN_TOKEN")
     run_server(settings, token, db, workers=workers)
 
 
-def server(port: Annotated[int | None, typer.Option(help="API port (default 8790).")] = None,
-           host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None) -> None:
+def server(
+    port: Annotated[int | None, typer.Option(help="API port (default 8790).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+) -> None:
     """Serve the REST API only; run `sovra worker` processes beside it."""
     configure_logging()
     settings = Settings()

@@ -57,14 +57,15 @@ def _error_from(exc: BaseException, step: str) -> ErrorInfo:
             code=exc.code, message=exc.message, step=step, retryable=exc.retryable, details=exc.details
         )
     if isinstance(exc, DeadlineExceeded):
-        return ErrorInfo(code="DEADLINE_EXCEEDED", message=f"step {step} ran past its deadline", step=step,
-                         retryable=True)
+        return ErrorInfo(
+            code="DEADLINE_EXCEEDED", message=f"step {step} ran past its deadline", step=step, retryable=True
+        )
     return ErrorInfo(code="INTERNAL", message=f"{type(exc).__name__}: {exc}", step=step)
 
 
 def backoff_seconds(step: Step, failures: int) -> float:
     """Exponential back-off with ±20 % jitter so retries of many operations do not align."""
-    delay = min(step.retry_max_seconds, step.retry_base_seconds * 2 ** max(0, failures - 1))
+    delay: float = min(step.retry_max_seconds, step.retry_base_seconds * 2 ** max(0, failures - 1))
     return delay * random.uniform(0.8, 1.2)
 
 
@@ -125,7 +126,9 @@ class Worker:
                 continue
             try:
                 with self.db.write() as conn:
-                    alive = operation_store.renew_lease(conn, list(held), self.id, self.settings.lease_seconds)
+                    alive = operation_store.renew_lease(
+                        conn, list(held), self.id, self.settings.lease_seconds
+                    )
             except Exception:
                 log.exception("worker %s: heartbeat failed", self.id)
                 continue
@@ -141,11 +144,17 @@ class Worker:
         try:
             handler = self.registry.get(operation.verb)
         except UnknownVerb:
-            self._finish(operation, OperationState.FAILED, error=ErrorInfo(
-                code="UNKNOWN_VERB", message=f"no handler for {operation.verb!r} in this worker"))
+            self._finish(
+                operation,
+                OperationState.FAILED,
+                error=ErrorInfo(
+                    code="UNKNOWN_VERB", message=f"no handler for {operation.verb!r} in this worker"
+                ),
+            )
             return
-        ctx = StepContext(operation=operation, db=self.db, worker_id=self.id, step="", deadline=0.0,
-                          results={})
+        ctx = StepContext(
+            operation=operation, db=self.db, worker_id=self.id, step="", deadline=0.0, results={}
+        )
         if operation.cancel_requested:
             ctx.cancelled.set()
         with self._held_lock:
@@ -165,14 +174,25 @@ class Worker:
             if step.name in ctx.results:
                 continue
             if ctx.cancelled.is_set():
-                self._finish(operation, OperationState.CANCELLED, error=ErrorInfo(
-                    code="CANCELLED", message=f"cancelled before step {step.name}", step=step.name))
+                self._finish(
+                    operation,
+                    OperationState.CANCELLED,
+                    error=ErrorInfo(
+                        code="CANCELLED", message=f"cancelled before step {step.name}", step=step.name
+                    ),
+                )
                 return
             with self.db.write() as conn:
                 step_id = operation_store.start_step(conn, operation.id, self.id, step.name)
             outcome = self._run_step(operation, step, ctx)
-            if not self._after_step(operation, step, step_id, outcome, last=index == len(steps) - 1,
-                                    progress=(index + 1) * 100 // len(steps)):
+            if not self._after_step(
+                operation,
+                step,
+                step_id,
+                outcome,
+                last=index == len(steps) - 1,
+                progress=(index + 1) * 100 // len(steps),
+            ):
                 return
             ctx.results[step.name] = outcome.result
 
@@ -206,12 +226,22 @@ class Worker:
             return StepOutcome(error=_error_from(exc, step.name))
         return StepOutcome(result=box.get("result"))
 
-    def _after_step(self, operation: Operation, step: Step, step_id: int, outcome: StepOutcome, *,
-                    last: bool, progress: int) -> bool:
+    def _after_step(
+        self,
+        operation: Operation,
+        step: Step,
+        step_id: int,
+        outcome: StepOutcome,
+        *,
+        last: bool,
+        progress: int,
+    ) -> bool:
         """Record the outcome; True when the operation goes on to its next step."""
         with self.db.write() as conn:
             if outcome.cancelled:
-                error = ErrorInfo(code="CANCELLED", message=f"cancelled during step {step.name}", step=step.name)
+                error = ErrorInfo(
+                    code="CANCELLED", message=f"cancelled during step {step.name}", step=step.name
+                )
                 operation_store.finish_step(conn, operation.id, step_id, self.id, error=error)
                 self._finish(operation, OperationState.CANCELLED, error=error, conn=conn)
                 return False
@@ -220,9 +250,18 @@ class Worker:
                 failures = operation_store.failed_attempts(conn, operation.id, step.name)
                 if outcome.error.retryable and failures < step.max_attempts:
                     delay = backoff_seconds(step, failures)
-                    operation_store.reschedule(conn, operation.id, self.id, utcnow() + timedelta(seconds=delay))
-                    log.info("step %s of %s failed (%s); retry %d/%d in %.1fs", step.name, operation.id,
-                             outcome.error.code, failures, step.max_attempts, delay)
+                    operation_store.reschedule(
+                        conn, operation.id, self.id, utcnow() + timedelta(seconds=delay)
+                    )
+                    log.info(
+                        "step %s of %s failed (%s); retry %d/%d in %.1fs",
+                        step.name,
+                        operation.id,
+                        outcome.error.code,
+                        failures,
+                        step.max_attempts,
+                        delay,
+                    )
                 else:
                     self._finish(operation, OperationState.FAILED, error=outcome.error, conn=conn)
                 return False
@@ -233,8 +272,15 @@ class Worker:
             operation_store.set_progress(conn, operation.id, self.id, progress, f"{step.name} done")
         return True
 
-    def _finish(self, operation: Operation, state: OperationState, *, result: Any = None,
-                error: ErrorInfo | None = None, conn: Any = None) -> None:
+    def _finish(
+        self,
+        operation: Operation,
+        state: OperationState,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        conn: Any = None,
+    ) -> None:
         if conn is None:
             with self.db.write() as own:
                 operation_store.finish(own, operation.id, self.id, state, result=result, error=error)
@@ -242,11 +288,13 @@ class Worker:
             operation_store.finish(conn, operation.id, self.id, state, result=result, error=error)
         metrics.OPERATIONS_FINISHED.labels(operation.verb, str(state)).inc()
         metrics.OPERATION_DURATION.labels(operation.verb).observe(
-            (utcnow() - operation.created_at).total_seconds())
+            (utcnow() - operation.created_at).total_seconds()
+        )
 
 
-def run_workers(db: Database, registry: Registry, settings: Settings, count: int,
-                stop: threading.Event) -> list[threading.Thread]:
+def run_workers(
+    db: Database, registry: Registry, settings: Settings, count: int, stop: threading.Event
+) -> list[threading.Thread]:
     """Start ``count`` worker threads sharing ``stop``; used by ``sovra up`` and ``sovra worker``."""
     threads = []
     for _ in range(count):

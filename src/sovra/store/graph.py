@@ -22,7 +22,9 @@ MAX_DEPTH = 64
 
 def _walk_sql(direction: str) -> sa.TextClause:
     """A walk from :root following "dependent -> dependency" (up) or the reverse (down)."""
-    near, far = ("dependency_id", "dependent_id") if direction == "down" else ("dependent_id", "dependency_id")
+    near, far = (
+        ("dependency_id", "dependent_id") if direction == "down" else ("dependent_id", "dependency_id")
+    )
     return sa.text(
         f"""
         WITH RECURSIVE walk(id, depth, via) AS (
@@ -105,7 +107,9 @@ def add(conn: Connection, edge: Edge) -> Edge:
             raise NotFound(f"resource {rid!r} not found", field=field)
     exists = conn.execute(
         sa.select(edges.c.source_id).where(
-            edges.c.source_id == edge.source_id, edges.c.target_id == edge.target_id, edges.c.type == edge.type
+            edges.c.source_id == edge.source_id,
+            edges.c.target_id == edge.target_id,
+            edges.c.type == edge.type,
         )
     ).first()
     if exists:
@@ -127,7 +131,9 @@ def add(conn: Connection, edge: Edge) -> Edge:
 def remove(conn: Connection, edge: Edge) -> None:
     result = conn.execute(
         sa.delete(edges).where(
-            edges.c.source_id == edge.source_id, edges.c.target_id == edge.target_id, edges.c.type == edge.type
+            edges.c.source_id == edge.source_id,
+            edges.c.target_id == edge.target_id,
+            edges.c.type == edge.type,
         )
     )
     if result.rowcount == 0:
@@ -190,7 +196,11 @@ def teardown_order(conn: Connection, root: str) -> list[RelatedResource]:
     rows = conn.execute(_TEARDOWN, {"root": root, "max_depth": MAX_DEPTH}).mappings()
     return [
         RelatedResource(
-            id=r["id"], kind=r["kind"], name=r["name"], project_id=r["project_id"], depth=r["depth"],
+            id=r["id"],
+            kind=r["kind"],
+            name=r["name"],
+            project_id=r["project_id"],
+            depth=r["depth"],
             via=EdgeType.OWNS,
         )
         for r in rows
@@ -216,7 +226,11 @@ def blocking_users(conn: Connection, doomed: Sequence[str]) -> list[RelatedResou
     ).mappings()
     return [
         RelatedResource(
-            id=r["id"], kind=r["kind"], name=r["name"], project_id=r["project_id"], depth=1,
+            id=r["id"],
+            kind=r["kind"],
+            name=r["name"],
+            project_id=r["project_id"],
+            depth=1,
             via=EdgeType(r["type"]),
         )
         for r in rows

@@ -8,6 +8,7 @@ the one that took over.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,7 +59,7 @@ def _steps(conn: Connection, operation_id: str) -> list[StepRecord]:
 
 
 def _to_operation(row: RowMapping, steps: list[StepRecord] | None = None) -> Operation:
-    data = {c: row[c] for c in operations.c.keys() if c != "request_key"}
+    data: dict[str, Any] = {c.name: row[c.name] for c in operations.c if c.name != "request_key"}
     data["error"] = ErrorInfo.model_validate(row["error"]) if row["error"] else None
     data["steps"] = steps or []
     return Operation.model_validate(data)
@@ -109,9 +110,7 @@ def create(
     if request_id is not None:
         existing = (
             conn.execute(
-                sa.select(operations).where(
-                    operations.c.request_key == _request_key(project_id, request_id)
-                )
+                sa.select(operations).where(operations.c.request_key == _request_key(project_id, request_id))
             )
             .mappings()
             .first()
@@ -252,7 +251,9 @@ def _owned(worker: str, operation_id: str) -> sa.ColumnElement[bool]:
     )
 
 
-def renew_lease(conn: Connection, operation_ids: Sequence[str], worker: str, lease_seconds: float) -> dict[str, bool]:
+def renew_lease(
+    conn: Connection, operation_ids: Sequence[str], worker: str, lease_seconds: float
+) -> dict[str, bool]:
     """Extend the leases ``worker`` holds; returns ``{id: cancel_requested}`` for those still held."""
     if not operation_ids:
         return {}
@@ -278,17 +279,18 @@ def succeeded_steps(conn: Connection, operation_id: str) -> dict[str, Any]:
             operation_steps.c.state == str(StepState.SUCCEEDED),
         )
     ).all()
-    return {name: result for name, result in rows}
+    return dict(rows)
 
 
 def failed_attempts(conn: Connection, operation_id: str, step: str) -> int:
-    return conn.execute(
+    count: int = conn.execute(
         sa.select(sa.func.count()).where(
             operation_steps.c.operation_id == operation_id,
             operation_steps.c.name == step,
             operation_steps.c.state == str(StepState.FAILED),
         )
     ).scalar_one()
+    return count
 
 
 def start_step(conn: Connection, operation_id: str, worker: str, name: str) -> int:
@@ -297,7 +299,7 @@ def start_step(conn: Connection, operation_id: str, worker: str, name: str) -> i
     if held is None:
         raise LeaseLost(operation_id)
     attempt = failed_attempts(conn, operation_id, name) + 1
-    return conn.execute(
+    step_id: int = conn.execute(
         sa.insert(operation_steps)
         .values(
             operation_id=operation_id,
@@ -309,6 +311,7 @@ def start_step(conn: Connection, operation_id: str, worker: str, name: str) -> i
         )
         .returning(operation_steps.c.id)
     ).scalar_one()
+    return step_id
 
 
 def finish_step(
@@ -350,14 +353,12 @@ def _release_target(conn: Connection, operation: RowMapping) -> None:
     target = operation["target_id"]
     if target is None:
         return
-    try:
+    with contextlib.suppress(NotFound):  # the operation may have deleted its own target
         resource_store.update_status(
             conn,
             target,
             lambda s: s.model_copy(update={"operation_id": None}) if s.operation_id == operation["id"] else s,
         )
-    except NotFound:
-        pass  # the operation deleted its own target
 
 
 def finish(

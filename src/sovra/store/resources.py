@@ -66,8 +66,9 @@ def create(
     resource_id: str | None = None,
 ) -> Resource:
     now = utcnow()
-    row = {
-        "id": resource_id or new_id(),
+    new = resource_id or new_id()
+    row: dict[str, Any] = {
+        "id": new,
         "kind": kind,
         "name": name,
         "project_id": project_id,
@@ -84,7 +85,7 @@ def create(
             conn.execute(sa.insert(resources).values(**row))
     except IntegrityError as exc:
         raise _name_taken(kind, name) from exc
-    _write_labels(conn, row["id"], labels)
+    _write_labels(conn, new, labels)
     return _to_resource(row)  # type: ignore[arg-type]
 
 
@@ -103,9 +104,7 @@ def get(
     if kind is not None:
         query = query.where(resources.c.kind == kind)
     if project_ids is not None:
-        query = query.where(
-            sa.or_(resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids))
-        )
+        query = query.where(sa.or_(resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids)))
     if for_update:
         query = query.with_for_update()
     row = conn.execute(query).mappings().first()
@@ -143,9 +142,7 @@ def list_page(
     after = decode_token(page_token, fingerprint)
     query = sa.select(resources).where(resources.c.kind == kind)
     if project_ids is not None:
-        query = query.where(
-            sa.or_(resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids))
-        )
+        query = query.where(sa.or_(resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids)))
     if scope_project_id is not None:
         query = query.where(resources.c.project_id == scope_project_id)
     for req in selector:

@@ -140,9 +140,7 @@ operation_steps = sa.Table(
     "operation_steps",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "operation_id", ID, sa.ForeignKey("operations.id", ondelete="CASCADE"), nullable=False
-    ),
+    sa.Column("operation_id", ID, sa.ForeignKey("operations.id", ondelete="CASCADE"), nullable=False),
     sa.Column("name", sa.String(64), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("worker", sa.String(128), nullable=False),
