@@ -1,0 +1,192 @@
+"""The CLI's HTTP client for the Sovra REST API, and the errors it turns failures into.
+
+Every command talks to the API through ``SovraClient``: it adds the bearer token, follows
+pagination, and turns problem+json answers and transport failures into ``CliError`` exceptions that
+the command group prints (see ``sovra.cli.output.CommandGroup``) before exiting with their code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Annotated, Any
+
+import httpx
+import pydantic
+import typer
+
+from sovra.config import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8790"
+MAX_PAGE_SIZE = 1000  # the API's upper bound for page_size
+EXIT_API_ERROR = 1
+EXIT_USAGE = 2
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="SOVRA_URL", help="Base URL of the Sovra API.", show_envvar=True),
+]
+Params = Mapping[str, str | int | None]
+
+
+class CliError(Exception):
+    """A failure meant for the user: a message, an optional hint, and the exit code."""
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+
+class ApiError(CliError):
+    """The API answered 4xx/5xx; ``problem`` is its RFC 9457 body (or one made up for a non-problem)."""
+
+    STANDARD_FIELDS = frozenset({"type", "title", "status", "detail", "instance", "errors"})
+
+    def __init__(self, problem: dict[str, Any], *, hint: str | None = None) -> None:
+        self.problem = problem
+        self.status = int(problem.get("status") or 0)
+        self.title = str(problem.get("title") or "Error")
+        self.detail = str(problem.get("detail") or "")
+        super().__init__(f"{self.title}: {self.detail}", hint=hint, exit_code=EXIT_API_ERROR)
+
+    @property
+    def field_errors(self) -> list[tuple[str, str]]:
+        errors = self.problem.get("errors") or []
+        return [(str(e.get("field", "")), str(e.get("message", ""))) for e in errors if isinstance(e, dict)]
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """Problem members beyond the standard ones, e.g. ``blocking_operation`` or ``dependents``."""
+        return {k: v for k, v in self.problem.items() if k not in self.STANDARD_FIELDS}
+
+
+def resolve_token() -> str:
+    """``SOVRA_TOKEN``, else the admin token file that ``sovra up`` wrote in the data directory."""
+    token = os.environ.get("SOVRA_TOKEN", "").strip()
+    if token:
+        return token
+    try:
+        path = Settings().admin_token_path
+    except pydantic.ValidationError as exc:
+        raise CliError(f"invalid SOVRA_* environment: {exc}") from exc
+    hint = "set SOVRA_TOKEN to the admin token that `sovra up` printed"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise CliError(f"no API token: SOVRA_TOKEN is unset and {path} does not exist", hint=hint) from None
+    except OSError as exc:
+        raise CliError(f"no API token: cannot read {path}: {exc.strerror}", hint=hint) from exc
+    if not token:
+        raise CliError(f"no API token: {path} is empty", hint=hint)
+    return token
+
+
+def _problem_of(response: httpx.Response) -> dict[str, Any]:
+    """The problem document of an error response; a synthetic one if the body is not problem+json."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "title" in body:
+        return body
+    text = response.text.strip()[:300]
+    return {
+        "title": response.reason_phrase or "HTTP error",
+        "status": response.status_code,
+        "detail": text or f"HTTP {response.status_code} from {response.request.url}",
+    }
+
+
+def _hint_for(status: int) -> str | None:
+    if status == 401:
+        return "check SOVRA_TOKEN (or the admin.token file in SOVRA_DATA_DIR)"
+    return None
+
+
+class SovraClient:
+    """A thin synchronous client: JSON in, JSON out, ``CliError`` on any failure."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        try:
+            self._http = httpx.Client(
+                base_url=self.url,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                timeout=timeout,
+            )
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise CliError(f"invalid API URL {url!r}: {exc}", hint="e.g. --url http://127.0.0.1:8790") from exc
+
+    def __enter__(self) -> SovraClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request; raise ``ApiError`` on 4xx/5xx and ``CliError`` when the API is unreachable."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, params=query, json=json, headers=headers)
+        except httpx.ConnectError as exc:
+            raise CliError(
+                f"cannot connect to the Sovra API at {self.url}: {exc}",
+                hint="is `sovra up` running? set SOVRA_URL (or --url) to where the API listens",
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise CliError(f"the Sovra API at {self.url} did not answer in time ({exc!r})") from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise CliError(
+                f"invalid API URL {self.url!r}: {exc}", hint="e.g. --url http://127.0.0.1:8790"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise CliError(f"talking to the Sovra API at {self.url} failed: {exc}") from exc
+        if response.is_error:
+            raise ApiError(_problem_of(response), hint=_hint_for(response.status_code))
+        return response
+
+    def get(self, path: str, params: Params | None = None) -> Any:
+        return self.request("GET", path, params=params).json()
+
+    def post(self, path: str, body: Any = None, params: Params | None = None) -> Any:
+        return self.request("POST", path, json=body, params=params).json()
+
+    def patch(self, path: str, body: Any, headers: Mapping[str, str] | None = None) -> Any:
+        return self.request("PATCH", path, json=body, headers=headers).json()
+
+    def delete(self, path: str, params: Params | None = None, headers: Mapping[str, str] | None = None) -> Any:
+        return self.request("DELETE", path, params=params, headers=headers).json()
+
+    def list_all(self, path: str, params: Params | None = None, limit: int | None = None) -> list[Any]:
+        """The ``items`` of a list endpoint across pages; at most ``limit`` items when given."""
+        items: list[Any] = []
+        token: str | None = None
+        while limit is None or len(items) < limit:
+            page_size = MAX_PAGE_SIZE if limit is None else min(MAX_PAGE_SIZE, limit - len(items))
+            page = self.get(path, {**(params or {}), "page_size": page_size, "page_token": token})
+            items.extend(page["items"])
+            token = page.get("next_page_token")
+            if not token:
+                break
+        return items if limit is None else items[:limit]
+
+
+def connect(url: str) -> SovraClient:
+    """A client for ``url`` with the token from the environment."""
+    return SovraClient(url, resolve_token())
