@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -34,23 +35,31 @@ def workers(database_url: str, tmp_path: Path) -> Iterator[list[subprocess.Popen
         "SOVRA_POLL_SECONDS": "0.1",
         "PYTHONPATH": str(REPO),
     }
-    procs = [
-        subprocess.Popen([str(SOVRA), "worker"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                         stderr=open(tmp_path / f"worker{i}.log", "wb"))
-        for i in range(2)
-    ]
-    try:
+    with ExitStack() as stack:
+        procs = [
+            subprocess.Popen(
+                [str(SOVRA), "worker"],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stack.enter_context(open(tmp_path / f"worker{i}.log", "wb")),
+            )
+            for i in range(2)
+        ]
+        stack.callback(_stop, procs)
         yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -73,8 +82,13 @@ def test_sigkill_mid_step_another_worker_finishes_effect_once(
 ) -> None:
     ledger = tmp_path / "ledger.txt"
     with db.write() as conn:
-        operation, _ = ops.create(conn, verb=LEDGER_VERB, principal="test", project_id=None,
-                                  params={"ledger": str(ledger), "hold_seconds": 3})
+        operation, _ = ops.create(
+            conn,
+            verb=LEDGER_VERB,
+            principal="test",
+            project_id=None,
+            params={"ledger": str(ledger), "hold_seconds": 3},
+        )
     # the first worker to claim it writes its ledger entry and holds inside the step
     _wait_for(lambda: ledger.exists() and ledger.read_text(), 30, "the side effect")
     claimed = _get(db, operation.id)
@@ -96,6 +110,9 @@ def test_sigkill_mid_step_another_worker_finishes_effect_once(
     assert len(lines) == 1 and lines[0].split()[1] == claimed.lease_owner
     # the audit trail shows both attempts: the lost lease, then the survivor's success
     trail = [(s.name, s.state, s.worker) for s in done.steps]
-    assert trail == [("effect", StepState.FAILED, claimed.lease_owner), ("effect", StepState.SUCCEEDED, finisher)]
+    assert trail == [
+        ("effect", StepState.FAILED, claimed.lease_owner),
+        ("effect", StepState.SUCCEEDED, finisher),
+    ]
     assert done.steps[0].error is not None and done.steps[0].error.code == "LEASE_EXPIRED"
     assert done.attempt == 2

@@ -176,9 +176,10 @@ def delete_project(
     """Start tearing the project down; answers with the operation that does it."""
     expected = parse_if_match(if_match)
     with db.write() as conn:
-        project = resource_store.get(conn, project_id, kind=PROJECT_KIND, project_ids=ctx.project_ids)
-        if expected is not None and expected != project.version:
-            resource_store.update(conn, project_id, expected_version=expected)  # raises 412
+        project = resource_store.get(
+            conn, project_id, kind=PROJECT_KIND, project_ids=ctx.project_ids, for_update=True
+        )
+        resource_store.require_version(project, expected)
         blockers = graph.blocking_users(conn, graph.owned_closure(conn, project_id))
         if blockers:
             raise Conflict(

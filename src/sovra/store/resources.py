@@ -154,6 +154,16 @@ def list_page(
     return paginate(rows, page_size, "id", fingerprint)
 
 
+def require_version(resource: Resource, expected_version: int | None) -> None:
+    """Raise ``PreconditionFailed`` unless ``expected_version`` (from If-Match) is current."""
+    if expected_version is not None and expected_version != resource.version:
+        raise PreconditionFailed(
+            f"{resource.kind} {resource.id} is at version {resource.version}, not {expected_version}: "
+            "it changed since you read it; read it again and retry",
+            current_version=resource.version,
+        )
+
+
 def update(
     conn: Connection,
     resource_id: str,
@@ -167,12 +177,7 @@ def update(
 ) -> Resource:
     """Change what the user owns (name, labels, spec) with a compare-and-swap on ``version``."""
     current = get(conn, resource_id, kind=kind, project_ids=project_ids, for_update=True)
-    if expected_version is not None and expected_version != current.version:
-        raise PreconditionFailed(
-            f"{current.kind} {resource_id} is at version {current.version}, not {expected_version}: "
-            "it changed since you read it; read it again and retry",
-            current_version=current.version,
-        )
+    require_version(current, expected_version)
     values: dict[str, Any] = {"version": current.version + 1, "updated_at": utcnow()}
     if name is not None and name != current.name:
         values["name"] = name
