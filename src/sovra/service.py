@@ -9,6 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
+import prometheus_client
 import uvicorn
 
 from sovra.api.app import create_app
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def open_database(settings: Settings) -> Database:
@@ -72,9 +74,18 @@ def run_server(settings: Settings, token: str | None, db: Database, workers: int
         stop.set()
 
 
-def run_worker_process(settings: Settings, db: Database, concurrency: int) -> None:
-    """``sovra worker``: run operation workers until SIGTERM or SIGINT."""
+def run_worker_process(
+    settings: Settings, db: Database, concurrency: int, metrics_port: int | None = None
+) -> None:
+    """``sovra worker``: run operation workers until SIGTERM or SIGINT.
+
+    With ``metrics_port`` the worker serves Prometheus ``/metrics`` (its step and operation
+    histograms) on that port of the API host address.
+    """
     registry = default_registry(settings.plugins)
+    if metrics_port is not None:
+        prometheus_client.start_http_server(metrics_port, addr=settings.api_host)
+        log.info("worker metrics on http://%s:%d/metrics", settings.api_host, metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

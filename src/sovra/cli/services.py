@@ -57,12 +57,15 @@ def server(
     run_server(settings, token, db)
 
 
-def worker(concurrency: Annotated[int, typer.Option(min=1, max=64, help="Worker threads.")] = 1) -> None:
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Worker threads.")] = 1,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
+) -> None:
     """Execute operations: claim them from the database with a lease, run their steps."""
     configure_logging()
     settings = Settings()
     db = open_database(settings)
-    run_worker_process(settings, db, concurrency)
+    run_worker_process(settings, db, concurrency, metrics_port)
 
 
 def register(app: typer.Typer) -> None:

@@ -385,6 +385,7 @@ def finish(
             .values(
                 state=str(state),
                 progress=100 if state == OperationState.SUCCEEDED else operations.c.progress,
+                progress_message=str(state).lower(),
                 result=result,
                 error=error.model_dump(mode="json") if error else None,
                 lease_owner=None,

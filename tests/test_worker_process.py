@@ -1,5 +1,6 @@
-"""A worker process is SIGKILLed in the middle of a step; another worker finishes the operation and
-the step's side effect happens exactly once. Real ``sovra worker`` processes, both backends."""
+"""Real ``sovra worker`` processes, on both backends: one is SIGKILLed in the middle of a step and
+another finishes the operation with the step's side effect done exactly once; a worker serves its
+own Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -13,20 +14,21 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sovra.domain.operation import Operation, OperationState, StepState
 from sovra.store import operations as ops
 from sovra.store.database import Database
+from tests.support.live_server import free_port
 from tests.support.ops_plugin import LEDGER_VERB
 
 REPO = Path(__file__).resolve().parents[1]
 SOVRA = Path(sys.executable).with_name("sovra")
 
 
-@pytest.fixture
-def workers(database_url: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    env = {
+def _worker_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "SOVRA_DATABASE_URL": database_url,
         "SOVRA_DATA_DIR": str(tmp_path / "data"),
@@ -35,6 +37,11 @@ def workers(database_url: str, tmp_path: Path) -> Iterator[list[subprocess.Popen
         "SOVRA_POLL_SECONDS": "0.1",
         "PYTHONPATH": str(REPO),
     }
+
+
+@pytest.fixture
+def workers(database_url: str, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    env = _worker_env(database_url, tmp_path)
     with ExitStack() as stack:
         procs = [
             subprocess.Popen(
@@ -116,3 +123,30 @@ def test_sigkill_mid_step_another_worker_finishes_effect_once(
     ]
     assert done.steps[0].error is not None and done.steps[0].error.code == "LEASE_EXPIRED"
     assert done.attempt == 2
+
+
+def test_a_worker_serves_its_metrics(database_url: str, db: Database, tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(SOVRA), "worker", "--metrics-port", str(port)],
+        cwd=REPO,
+        env=_worker_env(database_url, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with db.write() as conn:
+            operation, _ = ops.create(conn, verb="noop", principal="test", project_id=None)
+        _wait_for(lambda: _get(db, operation.id).done, 30, "the noop operation")
+
+        def scrape() -> str:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return ""
+
+        text = _wait_for(scrape, 15, "the metrics endpoint")
+        assert 'sovra_operations_finished_total{state="SUCCEEDED",verb="noop"} 1.0' in text
+        assert 'sovra_operation_step_duration_seconds_count{step="noop",verb="noop"} 1.0' in text
+    finally:
+        _stop([proc])
