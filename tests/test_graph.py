@@ -24,8 +24,13 @@ class World:
             self.ids["host"] = resources.create(
                 conn, kind="Host", name="host", project_id=None, labels={}, spec={}, state="A"
             ).id
-            for kind, name in (("Image", "img"), ("ImageVersion", "img-v1"), ("Server", "web"),
-                               ("Server", "db"), ("Volume", "vol")):
+            for kind, name in (
+                ("Image", "img"),
+                ("ImageVersion", "img-v1"),
+                ("Server", "web"),
+                ("Server", "db"),
+                ("Volume", "vol"),
+            ):
                 self.ids[name] = resources.create(
                     conn, kind=kind, name=name, project_id=self.ids["proj"], labels={}, spec={}, state="A"
                 ).id
@@ -86,8 +91,9 @@ def test_teardown_order_puts_dependents_first_and_the_root_last(world: World) ->
 
 def test_uses_from_outside_blocks_and_names_the_user(world: World) -> None:
     with world.db.write() as conn:
-        outsider = resources.create(conn, kind="Server", name="ext", project_id=world.ids["other"], labels={},
-                                    spec={}, state="A").id
+        outsider = resources.create(
+            conn, kind="Server", name="ext", project_id=world.ids["other"], labels={}, spec={}, state="A"
+        ).id
         graph.add(conn, Edge(source_id=outsider, target_id=world.ids["img-v1"], type=EdgeType.USES))
     with world.db.read() as conn:
         doomed = graph.owned_closure(conn, world.ids["proj"])
@@ -105,8 +111,14 @@ def test_edges_refuse_cycles_self_loops_and_missing_ends(world: World) -> None:
     with pytest.raises(InvalidArgument):
         world.link("web", EdgeType.USES, "web")
     with pytest.raises(NotFound) as err, world.db.write() as conn:
-        graph.add(conn, Edge(source_id=world.ids["web"], target_id="01a2061c-844d-7e94-a0d3-426b2cf400de",
-                             type=EdgeType.USES))
+        graph.add(
+            conn,
+            Edge(
+                source_id=world.ids["web"],
+                target_id="01a2061c-844d-7e94-a0d3-426b2cf400de",
+                type=EdgeType.USES,
+            ),
+        )
     assert err.value.extensions["field"] == "target_id"
 
 
@@ -128,7 +140,10 @@ def test_deleting_a_resource_removes_its_edges(world: World) -> None:
         resources.delete(conn, [world.ids["web"]])
     with world.db.read() as conn:
         assert graph.dependents(conn, world.ids["host"])[0].id == world.ids["db"]
-        assert all(world.ids["web"] not in (e.source_id, e.target_id) for e in graph.edges_of(conn, world.ids["img-v1"]))
+        assert all(
+            world.ids["web"] not in (e.source_id, e.target_id)
+            for e in graph.edges_of(conn, world.ids["img-v1"])
+        )
 
 
 def test_depth_is_validated(world: World) -> None:

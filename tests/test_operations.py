@@ -28,15 +28,30 @@ from sovra.store.types import utcnow
 
 def _target(db: Database, name: str = "t") -> str:
     with db.write() as conn:
-        return resources.create(conn, kind="Project", name=name, project_id=None, labels={}, spec={},
-                                state="ACTIVE").id
+        return resources.create(
+            conn, kind="Project", name=name, project_id=None, labels={}, spec={}, state="ACTIVE"
+        ).id
 
 
-def _create(db: Database, verb: str = "noop", target: str | None = None, request_id: str | None = None,
-            project: str | None = None, params: dict[str, Any] | None = None) -> tuple[Operation, bool]:
+def _create(
+    db: Database,
+    verb: str = "noop",
+    target: str | None = None,
+    request_id: str | None = None,
+    project: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> tuple[Operation, bool]:
     with db.write() as conn:
-        return ops.create(conn, verb=verb, principal="tester", project_id=project, target_id=target,
-                          target_kind="Project" if target else None, request_id=request_id, params=params)
+        return ops.create(
+            conn,
+            verb=verb,
+            principal="tester",
+            project_id=project,
+            target_id=target,
+            target_kind="Project" if target else None,
+            request_id=request_id,
+            params=params,
+        )
 
 
 def _get(db: Database, operation_id: str) -> Operation:
@@ -80,10 +95,24 @@ def test_the_database_enforces_the_mutex_even_without_the_precheck(db: Database)
     _create(db, target=target)
     now = utcnow()
     with pytest.raises(sa.exc.IntegrityError), db.write() as conn:
-        conn.execute(sa.insert(operations_table).values(
-            id="01a2061c-844d-7e94-a0d3-426b2cf400de", target_id=target, verb="x", state="RUNNING", progress=0,
-            progress_message="", params={}, principal="p", attempt=0, cancel_requested=False, not_before=now,
-            created_at=now, updated_at=now, version=1))
+        conn.execute(
+            sa.insert(operations_table).values(
+                id="01a2061c-844d-7e94-a0d3-426b2cf400de",
+                target_id=target,
+                verb="x",
+                state="RUNNING",
+                progress=0,
+                progress_message="",
+                params={},
+                principal="p",
+                attempt=0,
+                cancel_requested=False,
+                not_before=now,
+                created_at=now,
+                updated_at=now,
+                version=1,
+            )
+        )
 
 
 def test_claim_leases_the_oldest_due_operation_once(db: Database) -> None:
@@ -190,7 +219,9 @@ def test_steps_run_in_order_and_pass_results(db: Database, settings: Settings) -
     assert seen == ["first", "second"]
     assert done.state == OperationState.SUCCEEDED and done.result == {"double": 42} and done.progress == 100
     assert [(s.name, s.state, s.worker) for s in done.steps] == [
-        ("first", StepState.SUCCEEDED, worker.id), ("second", StepState.SUCCEEDED, worker.id)]
+        ("first", StepState.SUCCEEDED, worker.id),
+        ("second", StepState.SUCCEEDED, worker.id),
+    ]
 
 
 def test_retryable_errors_back_off_then_succeed(db: Database, settings: Settings) -> None:
@@ -217,7 +248,9 @@ def test_retry_budget_runs_out_with_the_last_error(db: Database, settings: Setti
     def always(ctx: StepContext) -> None:
         raise RetryableError("HOST_DOWN", "host unreachable")
 
-    worker = Worker(db, _registry("doomed", Step("s", always, max_attempts=2, retry_base_seconds=0.01)), settings)
+    worker = Worker(
+        db, _registry("doomed", Step("s", always, max_attempts=2, retry_base_seconds=0.01)), settings
+    )
     op, _ = _create(db, verb="doomed")
     done = _run_until_done(worker, db, op.id)
     assert done.state == OperationState.FAILED and done.error is not None
@@ -298,6 +331,7 @@ def test_a_resumed_operation_skips_steps_already_done(db: Database, settings: Se
     def step(name: str) -> Callable[[StepContext], None]:
         def run(ctx: StepContext) -> None:
             counts[name] += 1
+
         return run
 
     registry = _registry("two", Step("a", step("a")), Step("b", step("b")))

@@ -22,7 +22,13 @@ def test_create_and_get_round_trip(db: Database) -> None:
     pid = _project(db, "alpha", {"env": "prod"})
     with db.read() as conn:
         got = resources.get(conn, pid)
-    assert (got.name, got.kind, got.labels, got.generation, got.version) == ("alpha", "Project", {"env": "prod"}, 1, 1)
+    assert (got.name, got.kind, got.labels, got.generation, got.version) == (
+        "alpha",
+        "Project",
+        {"env": "prod"},
+        1,
+        1,
+    )
     assert got.status == Status(state="ACTIVE")
     assert got.created_at.tzinfo is not None
     assert got.etag == '"1"'
@@ -41,16 +47,26 @@ def test_names_are_unique_per_kind_and_scope(db: Database) -> None:
 
 
 def _project_in(conn, name: str) -> str:  # type: ignore[no-untyped-def]
-    return resources.create(conn, kind="Project", name=name, project_id=None, labels={}, spec={}, state="A").id
+    return resources.create(
+        conn, kind="Project", name=name, project_id=None, labels={}, spec={}, state="A"
+    ).id
 
 
 def test_failed_create_leaves_nothing_behind(db: Database) -> None:
     _project(db, "alpha")
     with pytest.raises(Conflict), db.write() as conn:
-        resources.create(conn, kind="Project", name="alpha", project_id=None, labels={"x": "y"}, spec={}, state="A")
+        resources.create(
+            conn, kind="Project", name="alpha", project_id=None, labels={"x": "y"}, spec={}, state="A"
+        )
     with db.read() as conn:
-        page = resources.list_page(conn, kind="Project", project_ids=None, selector=parse_selector("x"),
-                                   page_size=10, page_token=None)
+        page = resources.list_page(
+            conn,
+            kind="Project",
+            project_ids=None,
+            selector=parse_selector("x"),
+            page_size=10,
+            page_token=None,
+        )
     assert page.items == []
 
 
@@ -72,8 +88,14 @@ def test_selectors_filter_in_sql(db: Database) -> None:
 
     def names(selector: str) -> list[str]:
         with db.read() as conn:
-            page = resources.list_page(conn, kind="Project", project_ids=None, selector=parse_selector(selector),
-                                       page_size=50, page_token=None)
+            page = resources.list_page(
+                conn,
+                kind="Project",
+                project_ids=None,
+                selector=parse_selector(selector),
+                page_size=50,
+                page_token=None,
+            )
         return sorted(r.name for r in page.items)
 
     assert names("env=prod") == ["a", "b"]
@@ -93,8 +115,9 @@ def test_keyset_pagination_visits_each_item_once(db: Database) -> None:
     pages = 0
     while True:
         with db.read() as conn:
-            page = resources.list_page(conn, kind="Project", project_ids=None, selector=[], page_size=5,
-                                       page_token=token)
+            page = resources.list_page(
+                conn, kind="Project", project_ids=None, selector=[], page_size=5, page_token=token
+            )
         seen += [r.id for r in page.items]
         pages += 1
         token = page.next_page_token
@@ -108,29 +131,40 @@ def test_page_token_is_bound_to_its_query(db: Database) -> None:
     for i in range(3):
         _project(db, f"p{i}", {"env": "prod"})
     with db.read() as conn:
-        page = resources.list_page(conn, kind="Project", project_ids=None, selector=[], page_size=1,
-                                   page_token=None)
+        page = resources.list_page(
+            conn, kind="Project", project_ids=None, selector=[], page_size=1, page_token=None
+        )
         assert page.next_page_token
         with pytest.raises(InvalidArgument, match="different query"):
-            resources.list_page(conn, kind="Project", project_ids=None, selector=parse_selector("env=prod"),
-                                page_size=1, page_token=page.next_page_token)
+            resources.list_page(
+                conn,
+                kind="Project",
+                project_ids=None,
+                selector=parse_selector("env=prod"),
+                page_size=1,
+                page_token=page.next_page_token,
+            )
         with pytest.raises(InvalidArgument) as err:
-            resources.list_page(conn, kind="Project", project_ids=None, selector=[], page_size=1,
-                                page_token="garbage!")
+            resources.list_page(
+                conn, kind="Project", project_ids=None, selector=[], page_size=1, page_token="garbage!"
+            )
         assert err.value.field == "page_token"
 
 
 def test_visibility_limits_reads_to_the_callers_projects(db: Database) -> None:
     mine, theirs = _project(db, "mine"), _project(db, "theirs")
     with db.write() as conn:
-        key = resources.create(conn, kind="KeyPair", name="k", project_id=theirs, labels={}, spec={}, state="A").id
+        key = resources.create(
+            conn, kind="KeyPair", name="k", project_id=theirs, labels={}, spec={}, state="A"
+        ).id
     with db.read() as conn:
         assert resources.get(conn, mine, project_ids=[mine]).name == "mine"
         for hidden in (theirs, key):
             with pytest.raises(NotFound):
                 resources.get(conn, hidden, project_ids=[mine])
-        page = resources.list_page(conn, kind="Project", project_ids=[mine], selector=[], page_size=10,
-                                   page_token=None)
+        page = resources.list_page(
+            conn, kind="Project", project_ids=[mine], selector=[], page_size=10, page_token=None
+        )
         assert [r.name for r in page.items] == ["mine"]
 
 
@@ -148,8 +182,14 @@ def test_update_checks_version_and_bumps_generation_only_for_spec(db: Database) 
         unchanged = resources.update(conn, pid, expected_version=None, name="alpha2")
     assert unchanged.version == 3  # a no-op write makes no new version
     with db.read() as conn:
-        labelled = resources.list_page(conn, kind="Project", project_ids=None, selector=parse_selector("a=b"),
-                                       page_size=5, page_token=None)
+        labelled = resources.list_page(
+            conn,
+            kind="Project",
+            project_ids=None,
+            selector=parse_selector("a=b"),
+            page_size=5,
+            page_token=None,
+        )
     assert [r.id for r in labelled.items] == [pid]
 
 
