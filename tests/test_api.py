@@ -84,6 +84,11 @@ def test_create_read_with_etag_and_location(client: httpx.Client) -> None:
     )
     read = client.get(f"/v1/projects/{body['id']}")
     assert read.status_code == 200 and read.json() == body and read.headers["etag"] == '"1"'
+    status = body["status"]
+    assert status["observed_generation"] == 1
+    assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
+        ("Ready", "True", "Applied")
+    ]
 
 
 def test_request_id_is_echoed_or_made(client: httpx.Client) -> None:
@@ -136,6 +141,7 @@ def test_patch_honours_if_match(client: httpx.Client) -> None:
     updated = client.patch(url, json={"spec": {"description": "new"}}, headers={"If-Match": '"1"'})
     assert updated.status_code == 200, updated.text
     assert updated.headers["etag"] == '"2"' and updated.json()["generation"] == 2
+    assert updated.json()["status"]["observed_generation"] == 2
     stale = _problem(client.patch(url, json={"name": "p2"}, headers={"If-Match": '"1"'}), 412)
     assert "version 2, not 1" in stale["detail"]
     assert client.get(url).json()["name"] == "p1"  # the stale write changed nothing
@@ -194,7 +200,7 @@ def test_delete_is_idempotent_by_request_id_and_exclusive(idle_api: LiveServer) 
         assert first.status_code == again.status_code == 202
         assert first.json()["id"] == again.json()["id"]
         status = client.get(url).json()["status"]
-        assert (status["state"], status["operation_id"]) == ("DELETING", first.json()["id"])
+        assert (status["state"], status["operation_id"]) == ("ACTIVE", first.json()["id"])  # queued, not begun
         conflict = _problem(client.delete(url), 409)
         assert conflict["blocking_operation"] == first.json()["id"]
         assert first.json()["id"] in conflict["detail"]
@@ -259,3 +265,34 @@ def test_openapi_is_served(client: httpx.Client) -> None:
         "/v1/operations/{operation_id}:cancel",
         "/v1/resources/{resource_id}/dependents",
     } <= set(schema["paths"])
+
+
+def test_a_repeated_delete_returns_the_same_operation_after_the_project_is_gone(client: httpx.Client) -> None:
+    project = _create(client, "gone")
+    url = f"/v1/projects/{project['id']}"
+    first = client.delete(url, params={"request_id": "once"}).json()
+    assert _wait_operation(client, first["id"])["state"] == "SUCCEEDED"
+    _problem(client.get(url), 404)
+    again = client.delete(url, params={"request_id": "once"})
+    assert again.status_code == 202 and again.json()["id"] == first["id"]
+    _problem(client.delete(url, params={"request_id": "another"}), 404)
+
+
+def test_a_use_that_appears_after_the_request_still_blocks_and_keeps_the_project(
+    idle_api: LiveServer,
+) -> None:
+    from sovra.operations.engine import Worker
+    from sovra.operations.registry import default_registry
+
+    with idle_api.client() as client:
+        project = _create(client, "target")
+        other = _create(client, "other")
+        operation = client.delete(f"/v1/projects/{project['id']}").json()
+        edge = {"source_id": other["id"], "target_id": project["id"], "type": "uses"}
+        assert client.post("/v1/edges", json=edge).status_code == 201
+        Worker(idle_api.db, default_registry(), idle_api.settings).run_once()
+        done = client.get(f"/v1/operations/{operation['id']}").json()
+        assert done["state"] == "FAILED" and done["error"]["code"] == "IN_USE"
+        assert other["id"] in done["error"]["message"]
+        kept = client.get(f"/v1/projects/{project['id']}").json()
+        assert (kept["status"]["state"], kept["status"]["operation_id"]) == ("ACTIVE", None)

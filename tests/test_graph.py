@@ -66,7 +66,7 @@ def test_dependents_walk_every_edge_type_with_depth(world: World) -> None:
     assert sorted(world.names(host)) == [("db", 1), ("web", 1)]
     # the image owns its version (depth 1), which the web server uses (depth 2)
     assert world.names(image) == [("img-v1", 1), ("web", 2)]
-    assert sorted(world.names(shallow)) == [("db", 1), ("img", 1), ("vol", 1), ("web", 1)]
+    assert sorted(world.names(shallow)) == [("db", 1), ("img", 1), ("img-v1", 1), ("vol", 1), ("web", 1)]
     assert sorted(world.names(only_runs_on)) == [("db", 1), ("web", 1)]
 
 
@@ -150,3 +150,31 @@ def test_depth_is_validated(world: World) -> None:
     with pytest.raises(InvalidArgument) as err, world.db.read() as conn:
         graph.dependents(conn, world.ids["proj"], max_depth=0)
     assert err.value.field == "depth"
+
+
+def test_a_resource_created_in_a_project_is_owned_by_it(db: Database) -> None:
+    with db.write() as conn:
+        project = resources.create(
+            conn, kind="Project", name="p", project_id=None, labels={}, spec={}, state="A"
+        ).id
+        key = resources.create(
+            conn, kind="KeyPair", name="k", project_id=project, labels={}, spec={}, state="A"
+        ).id
+    with db.read() as conn:
+        assert [e.model_dump() for e in graph.edges_of(conn, key)] == [
+            {"source_id": project, "target_id": key, "type": EdgeType.OWNS}
+        ]
+        assert [i.id for i in graph.teardown_order(conn, project)] == [key, project]
+
+
+def test_ownership_never_crosses_projects(world: World) -> None:
+    with pytest.raises(Conflict, match="never crosses projects") as err:
+        world.link("other", EdgeType.OWNS, "web")
+    assert err.value.extensions["field"] == "target_id"
+    with world.db.write() as conn:
+        foreign = resources.create(
+            conn, kind="Volume", name="v", project_id=world.ids["other"], labels={}, spec={}, state="A"
+        ).id
+        with pytest.raises(Conflict, match="never crosses"):
+            graph.add(conn, Edge(source_id=world.ids["web"], target_id=foreign, type=EdgeType.OWNS))
+    world.link("web", EdgeType.OWNS, "vol")  # same project: allowed

@@ -119,11 +119,11 @@ def test_claim_leases_the_oldest_due_operation_once(db: Database) -> None:
     first, _ = _create(db)
     second, _ = _create(db)
     with db.write() as conn:
-        a = ops.claim(conn, "w1", 30)
+        a = ops.claim(conn, "w1", 30, ["noop"])
     with db.write() as conn:
-        b = ops.claim(conn, "w2", 30)
+        b = ops.claim(conn, "w2", 30, ["noop"])
     with db.write() as conn:
-        none = ops.claim(conn, "w3", 30)
+        none = ops.claim(conn, "w3", 30, ["noop"])
     assert a is not None and b is not None and none is None
     assert (a.id, a.lease_owner, a.state, a.attempt) == (first.id, "w1", OperationState.RUNNING, 1)
     assert b.id == second.id and b.lease_owner == "w2"
@@ -132,7 +132,7 @@ def test_claim_leases_the_oldest_due_operation_once(db: Database) -> None:
 def test_expired_leases_are_reaped_and_the_old_worker_cannot_write(db: Database) -> None:
     op, _ = _create(db)
     with db.write() as conn:
-        ops.claim(conn, "dead", 0.01)
+        ops.claim(conn, "dead", 0.01, ["noop"])
         step = ops.start_step(conn, op.id, "dead", "noop")
     time.sleep(0.05)
     with db.write() as conn:
@@ -142,7 +142,7 @@ def test_expired_leases_are_reaped_and_the_old_worker_cannot_write(db: Database)
     assert reaped.steps[0].state == StepState.FAILED and reaped.steps[0].error is not None
     assert reaped.steps[0].error.code == "LEASE_EXPIRED" and "dead" in reaped.steps[0].error.message
     with db.write() as conn:
-        assert ops.claim(conn, "alive", 30) is not None
+        assert ops.claim(conn, "alive", 30, ["noop"]) is not None
     with pytest.raises(ops.LeaseLost), db.write() as conn:
         ops.finish_step(conn, op.id, step, "dead", result={})
     with pytest.raises(ops.LeaseLost), db.write() as conn:
@@ -161,7 +161,7 @@ def test_cancel_pending_is_immediate_and_running_is_a_request(db: Database) -> N
         ops.request_cancel(conn, pending.id, None)
     running, _ = _create(db)
     with db.write() as conn:
-        ops.claim(conn, "w", 30)
+        ops.claim(conn, "w", 30, ["noop"])
         asked = ops.request_cancel(conn, running.id, None)
         assert ops.renew_lease(conn, [running.id], "w", 30) == {running.id: True}
     assert asked.state == OperationState.RUNNING and asked.cancel_requested
@@ -338,7 +338,7 @@ def test_a_resumed_operation_skips_steps_already_done(db: Database, settings: Se
     op, _ = _create(db, verb="two")
     # a first worker finishes step a, then vanishes
     with db.write() as conn:
-        ops.claim(conn, "vanished", 0.01)
+        ops.claim(conn, "vanished", 0.01, ["two"])
         step_id = ops.start_step(conn, op.id, "vanished", "a")
         ops.finish_step(conn, op.id, step_id, "vanished", result=None)
     time.sleep(0.05)
@@ -350,12 +350,29 @@ def test_a_resumed_operation_skips_steps_already_done(db: Database, settings: Se
     assert [(s.name, s.worker) for s in done.steps] == [("a", "vanished"), ("b", worker.id)]
 
 
-def test_unknown_verb_fails_with_a_clear_code(db: Database, settings: Settings) -> None:
-    worker = Worker(db, Registry(), settings)
-    op, _ = _create(db, verb="mystery")
-    done = _run_until_done(worker, db, op.id)
+def test_workers_leave_verbs_they_cannot_handle_for_others(db: Database, settings: Settings) -> None:
+    op, _ = _create(db, verb="plugin.only")
+    assert Worker(db, Registry(), settings).run_once() is False
+    assert _get(db, op.id).state == OperationState.PENDING
+    registry = _registry("plugin.only", Step("s", lambda ctx: "handled"))
+    assert _run_until_done(Worker(db, registry, settings), db, op.id).result == "handled"
+
+
+def test_a_step_whose_workers_keep_dying_runs_out_of_attempts(db: Database, settings: Settings) -> None:
+    ran: list[int] = []
+    registry = _registry("fragile", Step("s", lambda ctx: ran.append(1), max_attempts=2))
+    op, _ = _create(db, verb="fragile")
+    for attempt in range(2):  # two workers claim it and vanish inside the step
+        with db.write() as conn:
+            ops.claim(conn, f"doomed{attempt}", 0.01, ["fragile"])
+            ops.start_step(conn, op.id, f"doomed{attempt}", "s")
+        time.sleep(0.05)
+        with db.write() as conn:
+            assert ops.reap_expired(conn) == [op.id]
+    done = _run_until_done(Worker(db, registry, settings), db, op.id)
     assert done.state == OperationState.FAILED and done.error is not None
-    assert done.error.code == "UNKNOWN_VERB" and "mystery" in done.error.message
+    assert (done.error.code, done.error.step) == ("RETRIES_EXHAUSTED", "s")
+    assert ran == []
 
 
 def test_target_status_is_released_when_the_operation_ends(db: Database, settings: Settings) -> None:
@@ -371,8 +388,8 @@ def test_target_status_is_released_when_the_operation_ends(db: Database, setting
 def test_rescheduled_operations_wait_for_not_before(db: Database) -> None:
     op, _ = _create(db)
     with db.write() as conn:
-        ops.claim(conn, "w", 30)
+        ops.claim(conn, "w", 30, ["noop"])
         ops.reschedule(conn, op.id, "w", utcnow() + timedelta(seconds=60))
     with db.write() as conn:
-        assert ops.claim(conn, "w2", 30) is None
+        assert ops.claim(conn, "w2", 30, ["noop"]) is None
     assert _get(db, op.id).state == OperationState.PENDING

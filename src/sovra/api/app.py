@@ -77,7 +77,7 @@ def create_app(settings: Settings, db: Database, admin_token: str | None) -> Fas
     app.state.settings = settings
     app.state.db = db
     app.state.admin_token = admin_token
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=False)  # describing would query the DB now
     registry.register(_ProcessAndStore(db))
     app.state.metrics_registry = registry
     problems.install(app)

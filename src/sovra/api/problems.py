@@ -117,6 +117,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "Invalid argument"),
         (401, "Missing or invalid credentials"),
+        (403, "The caller's role does not allow this"),
         (404, "Not found (or not visible to the caller)"),
         (409, "Conflict with the current state"),
         (412, "If-Match version is stale"),

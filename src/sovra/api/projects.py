@@ -7,20 +7,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 
+from sovra.api.context import RequestContext
 from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, parse_if_match
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse, RelatedList
-from sovra.domain.errors import Conflict, InvalidArgument
+from sovra.domain.errors import Conflict, Forbidden
 from sovra.domain.labels import parse_selector, validate_labels
 from sovra.domain.names import validate_name
 from sovra.domain.operation import Operation
-from sovra.domain.project import PROJECT_KIND, ProjectSpec, ProjectState
+from sovra.domain.project import PROJECT_KIND, ProjectSpec, ProjectState, applied
 from sovra.domain.resource import Resource, Status
 from sovra.operations.builtin import PROJECT_DELETE
 from sovra.store import graph
 from sovra.store import operations as operation_store
 from sovra.store import resources as resource_store
+from sovra.store.types import utcnow
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=PROBLEM_RESPONSES)
 
@@ -80,7 +83,7 @@ def _with_etag(response: Response, resource: Resource) -> Project:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Project)
 def create_project(body: ProjectCreate, ctx: Context, db: DB, response: Response) -> Project:
     if not ctx.is_admin:
-        raise InvalidArgument("only admins create projects")
+        raise Forbidden("only admins create projects")
     validate_name(body.name)
     validate_labels(body.labels)
     with db.write() as conn:
@@ -92,6 +95,7 @@ def create_project(body: ProjectCreate, ctx: Context, db: DB, response: Response
             labels=body.labels,
             spec=body.spec.model_dump(),
             state=ProjectState.ACTIVE,
+            status=applied(Status(state=ProjectState.ACTIVE), 1, utcnow()),
         )
     response.headers["Location"] = f"/v1/projects/{resource.id}"
     return _with_etag(response, resource)
@@ -153,6 +157,7 @@ def update_project(
             spec=spec,
             kind=PROJECT_KIND,
             project_ids=ctx.project_ids,
+            on_spec_change=lambda status, generation: applied(status, generation, utcnow()),
         )
     return _with_etag(response, resource)
 
@@ -173,34 +178,46 @@ def delete_project(
         ),
     ] = None,
 ) -> Operation:
-    """Start tearing the project down; answers with the operation that does it."""
+    """Start tearing the project down; answers with the operation that does it.
+
+    A repeated request with the same ``request_id`` returns the same operation, even after the
+    project is gone.
+    """
     expected = parse_if_match(if_match)
     with db.write() as conn:
-        project = resource_store.get(
-            conn, project_id, kind=PROJECT_KIND, project_ids=ctx.project_ids, for_update=True
-        )
-        resource_store.require_version(project, expected)
-        blockers = graph.blocking_users(conn, graph.owned_closure(conn, project_id))
-        if blockers:
-            raise Conflict(
-                f"project {project.name} cannot be deleted: still used by "
-                + ", ".join(f"{b.kind} {b.name} ({b.id})" for b in blockers),
-                dependents=[b.model_dump(mode="json") for b in blockers],
-            )
-        operation, created = operation_store.create(
-            conn,
-            verb=PROJECT_DELETE,
-            principal=ctx.principal,
-            project_id=project_id,
-            target_id=project_id,
-            target_kind=PROJECT_KIND,
-            request_id=request_id,
-        )
-        if created:
-            resource_store.update_status(
-                conn, project_id, lambda s: s.model_copy(update={"state": ProjectState.DELETING})
-            )
+        earlier = operation_store.find_by_request_id(conn, project_id, request_id) if request_id else None
+        visible = ctx.project_ids is None or project_id in ctx.project_ids
+        if earlier is not None and earlier.verb == PROJECT_DELETE and visible:
+            operation = earlier
+        else:
+            operation = _start_deletion(conn, ctx, project_id, expected, request_id)
     response.headers["Location"] = f"/v1/operations/{operation.id}"
+    return operation
+
+
+def _start_deletion(
+    conn: Connection, ctx: RequestContext, project_id: str, expected: int | None, request_id: str | None
+) -> Operation:
+    project = resource_store.get(
+        conn, project_id, kind=PROJECT_KIND, project_ids=ctx.project_ids, for_update=True
+    )
+    resource_store.require_version(project, expected)
+    blockers = graph.blocking_users(conn, graph.owned_closure(conn, project_id))
+    if blockers:
+        raise Conflict(
+            f"project {project.name} cannot be deleted: still used by "
+            + ", ".join(f"{b.kind} {b.name} ({b.id})" for b in blockers),
+            dependents=[b.model_dump(mode="json") for b in blockers],
+        )
+    operation, _ = operation_store.create(
+        conn,
+        verb=PROJECT_DELETE,
+        principal=ctx.principal,
+        project_id=project_id,
+        target_id=project_id,
+        target_kind=PROJECT_KIND,
+        request_id=request_id,
+    )
     return operation
 
 

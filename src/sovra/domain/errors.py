@@ -33,6 +33,13 @@ class Unauthenticated(SovraError):
     title = "Unauthenticated"
 
 
+class Forbidden(SovraError):
+    """The caller is known but its role does not allow this (only for resources it can see)."""
+
+    status = 403
+    title = "Forbidden"
+
+
 class NotFound(SovraError):
     status = 404
     title = "Not found"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from sovra.domain.resource import Condition, ConditionStatus, Status, set_condition
 
 PROJECT_KIND = "Project"
 
@@ -18,3 +21,11 @@ class ProjectSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str = Field(default="", max_length=1024)
+
+
+def applied(status: Status, generation: int, now: datetime) -> Status:
+    """A project's spec takes effect as it is written: mark that generation observed and Ready."""
+    ready = Condition(
+        type="Ready", status=ConditionStatus.TRUE, reason="Applied", message="", last_transition_time=now
+    )
+    return set_condition(status, ready).model_copy(update={"observed_generation": generation})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sovra.domain.edges import RelatedResource
+from sovra.domain.project import ProjectState
 from sovra.operations.context import StepContext
 from sovra.operations.errors import StepError
 from sovra.operations.registry import Registry, Step
@@ -16,36 +18,47 @@ def _noop(ctx: StepContext) -> dict[str, Any]:
     return {}
 
 
+def _in_use(blockers: list[RelatedResource]) -> StepError:
+    return StepError(
+        "IN_USE",
+        "still used by " + ", ".join(f"{b.kind} {b.name} ({b.id})" for b in blockers),
+        dependents=[b.model_dump(mode="json") for b in blockers],
+    )
+
+
 def _check_unused(ctx: StepContext) -> dict[str, Any]:
     """Refuse to tear down what another project still uses (``uses`` edges from outside)."""
     with ctx.db.read() as conn:
         doomed = graph.owned_closure(conn, ctx.operation.target_id or "")
         blockers = graph.blocking_users(conn, doomed)
     if blockers:
-        raise StepError(
-            "IN_USE",
-            "still used by " + ", ".join(f"{b.kind} {b.name} ({b.id})" for b in blockers),
-            dependents=[b.model_dump(mode="json") for b in blockers],
-        )
+        raise _in_use(blockers)
     return {"resources": len(doomed)}
 
 
 def _teardown(ctx: StepContext) -> dict[str, Any]:
     """Delete everything the project owns, dependents before what they depend on, then the project.
 
-    Each deletion is its own transaction, so a resumed teardown simply continues: what is gone is
-    no longer in the order.
+    The project turns DELETING here, the point of no return; a refusal or a cancellation before it
+    leaves the project ACTIVE. Each deletion is its own transaction and re-checks, under that
+    transaction, that nothing outside still uses the resource, so a ``uses`` edge added after the
+    first check still blocks. A resumed teardown simply continues: what is gone is not in the order.
     """
     root = ctx.operation.target_id or ""
-    with ctx.db.read() as conn:
+    with ctx.db.write() as conn:
+        resources.update_status(conn, root, lambda s: s.model_copy(update={"state": ProjectState.DELETING}))
         order = graph.teardown_order(conn, root)
+    doomed = [item.id for item in order]
     for position, item in enumerate(order, start=1):
         ctx.check()
         with ctx.db.write() as conn:
+            blockers = graph.blocking_users(conn, doomed)
+            if blockers:
+                raise _in_use(blockers)
             resources.delete(conn, [item.id])
         if position % 50 == 0:
             ctx.progress(50 + 50 * position // len(order), f"deleted {position} of {len(order)}")
-    return {"deleted": [item.id for item in order]}
+    return {"deleted": doomed}
 
 
 def register(registry: Registry) -> None:

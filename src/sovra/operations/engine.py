@@ -29,7 +29,7 @@ from sovra.config import Settings
 from sovra.domain.operation import ErrorInfo, Operation, OperationState
 from sovra.operations.context import StepContext
 from sovra.operations.errors import Cancelled, DeadlineExceeded, StepError
-from sovra.operations.registry import Registry, Step, UnknownVerb
+from sovra.operations.registry import Registry, Step
 from sovra.store import operations as operation_store
 from sovra.store.database import Database
 from sovra.store.operations import LeaseLost
@@ -101,7 +101,7 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and execute one operation; False when there was nothing to do."""
         with self.db.write() as conn:
-            operation = operation_store.claim(conn, self.id, self.settings.lease_seconds)
+            operation = operation_store.claim(conn, self.id, self.settings.lease_seconds, self.registry.verbs)
         if operation is None:
             return False
         self.execute(operation)
@@ -141,17 +141,7 @@ class Worker:
     # -- one operation --------------------------------------------------------------------------
 
     def execute(self, operation: Operation) -> None:
-        try:
-            handler = self.registry.get(operation.verb)
-        except UnknownVerb:
-            self._finish(
-                operation,
-                OperationState.FAILED,
-                error=ErrorInfo(
-                    code="UNKNOWN_VERB", message=f"no handler for {operation.verb!r} in this worker"
-                ),
-            )
-            return
+        handler = self.registry.get(operation.verb)
         ctx = StepContext(
             operation=operation, db=self.db, worker_id=self.id, step="", deadline=0.0, results={}
         )
@@ -182,6 +172,8 @@ class Worker:
                     ),
                 )
                 return
+            if self._out_of_attempts(operation, step):
+                return
             with self.db.write() as conn:
                 step_id = operation_store.start_step(conn, operation.id, self.id, step.name)
             outcome = self._run_step(operation, step, ctx)
@@ -195,6 +187,23 @@ class Worker:
             ):
                 return
             ctx.results[step.name] = outcome.result
+
+    def _out_of_attempts(self, operation: Operation, step: Step) -> bool:
+        """Fail the operation when a step already used its budget (e.g. its workers kept dying)."""
+        with self.db.read() as conn:
+            failures = operation_store.failed_attempts(conn, operation.id, step.name)
+        if failures < step.max_attempts:
+            return False
+        self._finish(
+            operation,
+            OperationState.FAILED,
+            error=ErrorInfo(
+                code="RETRIES_EXHAUSTED",
+                message=f"step {step.name} failed {failures} times (workers lost or errors); giving up",
+                step=step.name,
+            ),
+        )
+        return True
 
     def _run_step(self, operation: Operation, step: Step, ctx: StepContext) -> StepOutcome:
         deadline = step.deadline_seconds or self.settings.default_step_deadline_seconds

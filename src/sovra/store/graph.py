@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from sovra.domain.edges import BLOCKS_TARGET_DELETION, Edge, EdgeType, RelatedResource
 from sovra.domain.errors import Conflict, InvalidArgument, NotFound
+from sovra.domain.project import PROJECT_KIND
 from sovra.store.schema import edges, resources
 from sovra.store.types import utcnow
 
@@ -93,18 +94,34 @@ def _dependent_and_dependency(edge: Edge) -> tuple[str, str]:
     return edge.source_id, edge.target_id
 
 
+def _check_same_project(owner: RowMapping, owned: RowMapping) -> None:
+    """An owner can only own what lives in its own project (a Project's project is itself)."""
+    owner_scope = owner["id"] if owner["kind"] == PROJECT_KIND else owner["project_id"]
+    if owned["project_id"] is not None and owned["project_id"] != owner_scope:
+        raise Conflict(
+            f"{owner['kind']} {owner['id']} cannot own {owned['kind']} {owned['id']}: it belongs to project "
+            f"{owned['project_id']}; ownership never crosses projects (use a 'uses' edge)",
+            field="target_id",
+        )
+
+
 def add(conn: Connection, edge: Edge) -> Edge:
     """Record an edge; idempotent. Refuses self-loops, missing ends and cycles."""
     if edge.source_id == edge.target_id:
         raise InvalidArgument("an edge cannot connect a resource to itself", field="target_id")
-    found = set(
-        conn.execute(
-            sa.select(resources.c.id).where(resources.c.id.in_([edge.source_id, edge.target_id]))
-        ).scalars()
-    )
+    found = {
+        row["id"]: row
+        for row in conn.execute(
+            sa.select(resources.c.id, resources.c.kind, resources.c.project_id).where(
+                resources.c.id.in_([edge.source_id, edge.target_id])
+            )
+        ).mappings()
+    }
     for field, rid in (("source_id", edge.source_id), ("target_id", edge.target_id)):
         if rid not in found:
             raise NotFound(f"resource {rid!r} not found", field=field)
+    if edge.type == EdgeType.OWNS:
+        _check_same_project(found[edge.source_id], found[edge.target_id])
     exists = conn.execute(
         sa.select(edges.c.source_id).where(
             edges.c.source_id == edge.source_id,

@@ -108,21 +108,15 @@ def create(
     target, or when the ``request_id`` was used for a different request.
     """
     if request_id is not None:
-        existing = (
-            conn.execute(
-                sa.select(operations).where(operations.c.request_key == _request_key(project_id, request_id))
-            )
-            .mappings()
-            .first()
-        )
+        existing = find_by_request_id(conn, project_id, request_id)
         if existing is not None:
-            if existing["verb"] != verb or existing["target_id"] != target_id:
+            if existing.verb != verb or existing.target_id != target_id:
                 raise Conflict(
                     f"request_id {request_id!r} was already used for a different request "
-                    f"({existing['verb']} on {existing['target_id']}); use a new request_id",
+                    f"({existing.verb} on {existing.target_id}); use a new request_id",
                     field="request_id",
                 )
-            return _to_operation(existing, _steps(conn, existing["id"])), False
+            return existing, False
     if target_id is not None and (blocking := active_for(conn, target_id)) is not None:
         raise _blocked(target_id, blocking)
     now = utcnow()
@@ -164,6 +158,18 @@ def create(
             conn, target_id, lambda s: s.model_copy(update={"operation_id": row["id"]})
         )
     return _to_operation(row), True  # type: ignore[arg-type]
+
+
+def find_by_request_id(conn: Connection, project_id: str | None, request_id: str) -> Operation | None:
+    """The operation an earlier request with this ``request_id`` made in this project, if any."""
+    row = (
+        conn.execute(
+            sa.select(operations).where(operations.c.request_key == _request_key(project_id, request_id))
+        )
+        .mappings()
+        .first()
+    )
+    return _to_operation(row, _steps(conn, row["id"])) if row else None
 
 
 def get(conn: Connection, operation_id: str, project_ids: Sequence[str] | None = None) -> Operation:
@@ -210,8 +216,11 @@ def list_page(
     return paginate(rows, page_size, "id", fingerprint)
 
 
-def claim(conn: Connection, worker: str, lease_seconds: float) -> Operation | None:
-    """Take the oldest due PENDING operation and lease it to ``worker``.
+def claim(conn: Connection, worker: str, lease_seconds: float, verbs: Sequence[str]) -> Operation | None:
+    """Take the oldest due PENDING operation with one of ``verbs`` and lease it to ``worker``.
+
+    A worker only claims the verbs it has handlers for, so workers of different versions or with
+    different plugins can share one queue.
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets many workers claim in parallel without waiting on
     each other. SQLite: the write transaction already holds the database lock.
@@ -219,7 +228,11 @@ def claim(conn: Connection, worker: str, lease_seconds: float) -> Operation | No
     now = utcnow()
     candidate = (
         sa.select(operations.c.id)
-        .where(operations.c.state == str(OperationState.PENDING), operations.c.not_before <= now)
+        .where(
+            operations.c.state == str(OperationState.PENDING),
+            operations.c.not_before <= now,
+            operations.c.verb.in_(verbs),
+        )
         .order_by(operations.c.not_before)
         .limit(1)
     )

@@ -18,7 +18,7 @@ from sovra.domain.ids import is_id, new_id
 from sovra.domain.labels import Operator, Requirement
 from sovra.domain.resource import Resource, Status
 from sovra.store.pagination import Page, decode_token, paginate, query_fingerprint
-from sovra.store.schema import resource_labels, resources
+from sovra.store.schema import edges, resource_labels, resources
 from sovra.store.types import utcnow
 
 ANY_PROJECT = object()
@@ -64,6 +64,7 @@ def create(
     spec: dict[str, Any],
     state: str,
     resource_id: str | None = None,
+    status: Status | None = None,
 ) -> Resource:
     now = utcnow()
     new = resource_id or new_id()
@@ -74,7 +75,7 @@ def create(
         "project_id": project_id,
         "labels": labels,
         "spec": spec,
-        "status": Status(state=state).model_dump(mode="json"),
+        "status": (status or Status(state=state)).model_dump(mode="json"),
         "generation": 1,
         "version": 1,
         "created_at": now,
@@ -86,6 +87,10 @@ def create(
     except IntegrityError as exc:
         raise _name_taken(kind, name) from exc
     _write_labels(conn, new, labels)
+    if project_id is not None:  # a project owns its resources: teardown and cascades follow the graph
+        conn.execute(
+            sa.insert(edges).values(source_id=project_id, target_id=new, type="owns", created_at=now)
+        )
     return _to_resource(row)  # type: ignore[arg-type]
 
 
@@ -174,8 +179,13 @@ def update(
     spec: dict[str, Any] | None = None,
     kind: str | None = None,
     project_ids: Sequence[str] | None = None,
+    on_spec_change: Callable[[Status, int], Status] | None = None,
 ) -> Resource:
-    """Change what the user owns (name, labels, spec) with a compare-and-swap on ``version``."""
+    """Change what the user owns (name, labels, spec) with a compare-and-swap on ``version``.
+
+    ``on_spec_change(status, new_generation)`` lets a kind whose spec applies at once record that in
+    its status within the same write.
+    """
     current = get(conn, resource_id, kind=kind, project_ids=project_ids, for_update=True)
     require_version(current, expected_version)
     values: dict[str, Any] = {"version": current.version + 1, "updated_at": utcnow()}
@@ -186,6 +196,8 @@ def update(
     if spec is not None and spec != current.spec:
         values["spec"] = spec
         values["generation"] = current.generation + 1
+        if on_spec_change is not None:
+            values["status"] = on_spec_change(current.status, values["generation"]).model_dump(mode="json")
     if len(values) == 2:
         return current  # nothing changed: no new version
     statement = (
