@@ -8,7 +8,8 @@ the command group prints (see ``sovra.cli.output.CommandGroup``) before exiting 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from itertools import islice
 from types import TracebackType
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ UrlOption = Annotated[
     typer.Option("--url", envvar="SOVRA_URL", help="Base URL of the Sovra API.", show_envvar=True),
 ]
 Params = Mapping[str, str | int | None]
+Record = dict[str, Any]  # one API object as decoded JSON
 
 
 class CliError(Exception):
@@ -118,7 +120,9 @@ class SovraClient:
                 timeout=timeout,
             )
         except (httpx.InvalidURL, ValueError) as exc:
-            raise CliError(f"invalid API URL {url!r}: {exc}", hint="e.g. --url http://127.0.0.1:8790") from exc
+            raise CliError(
+                f"invalid API URL {url!r}: {exc}", hint="e.g. --url http://127.0.0.1:8790"
+            ) from exc
 
     def __enter__(self) -> SovraClient:
         return self
@@ -170,21 +174,28 @@ class SovraClient:
     def patch(self, path: str, body: Any, headers: Mapping[str, str] | None = None) -> Any:
         return self.request("PATCH", path, json=body, headers=headers).json()
 
-    def delete(self, path: str, params: Params | None = None, headers: Mapping[str, str] | None = None) -> Any:
+    def delete(
+        self, path: str, params: Params | None = None, headers: Mapping[str, str] | None = None
+    ) -> Any:
         return self.request("DELETE", path, params=params, headers=headers).json()
 
-    def list_all(self, path: str, params: Params | None = None, limit: int | None = None) -> list[Any]:
-        """The ``items`` of a list endpoint across pages; at most ``limit`` items when given."""
-        items: list[Any] = []
+    def iter_items(
+        self, path: str, params: Params | None = None, page_size: int = MAX_PAGE_SIZE
+    ) -> Iterator[Record]:
+        """Every item of a list endpoint, fetching the next page only when it is needed."""
         token: str | None = None
-        while limit is None or len(items) < limit:
-            page_size = MAX_PAGE_SIZE if limit is None else min(MAX_PAGE_SIZE, limit - len(items))
+        while True:
             page = self.get(path, {**(params or {}), "page_size": page_size, "page_token": token})
-            items.extend(page["items"])
+            yield from page["items"]
             token = page.get("next_page_token")
             if not token:
-                break
-        return items if limit is None else items[:limit]
+                return
+
+    def list_all(self, path: str, params: Params | None = None, limit: int | None = None) -> list[Record]:
+        """The ``items`` of a list endpoint across pages; at most ``limit`` items when given."""
+        if limit is None:
+            return list(self.iter_items(path, params))
+        return list(islice(self.iter_items(path, params, min(limit, MAX_PAGE_SIZE)), limit))
 
 
 def connect(url: str) -> SovraClient:

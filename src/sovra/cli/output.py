@@ -1,0 +1,325 @@
+"""Rendering shared by the resource commands: JSON or Rich tables and panels, and error reports.
+
+Results go to stdout (so ``--output json`` pipes cleanly into ``jq``); errors, hints and progress
+go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from sovra.cli.client import ApiError, CliError, Record
+
+err_console = Console(stderr=True, soft_wrap=True)
+PIPE_WIDTH = 240
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+OutputOption = Annotated[
+    OutputFormat,
+    typer.Option("--output", "-o", case_sensitive=False, help="table for people, json for programs."),
+]
+
+STATE_STYLES = {
+    "ACTIVE": "green",
+    "SUCCEEDED": "green",
+    "PENDING": "yellow",
+    "RUNNING": "cyan",
+    "DELETING": "yellow",
+    "FAILED": "red",
+    "CANCELLED": "magenta",
+}
+
+
+class CommandGroup(TyperGroup):
+    """A command group that prints ``CliError``s for people and exits with their code."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context; typer.Context would narrow the override
+        try:
+            return super().invoke(ctx)
+        except CliError as exc:
+            print_error(exc)
+            raise typer.Exit(exc.exit_code) from exc
+
+
+def stdout_console() -> Console:
+    """The console for results.
+
+    Rich lays out for 80 columns when stdout is not a terminal; output piped into ``grep`` or a
+    file gets up to ``PIPE_WIDTH`` columns instead, so that ids in tables are never cut.
+    """
+    terminal = Console()
+    if terminal.is_terminal or "COLUMNS" in os.environ:
+        return terminal
+    return Console(width=PIPE_WIDTH)
+
+
+def print_result(renderable: RenderableType) -> None:
+    console = stdout_console()
+    _fit(renderable, console)
+    console.print(renderable)
+
+
+def print_json(data: Any) -> None:
+    """Exactly what the API returned, indented; plain ``print`` so Rich never wraps or styles it."""
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def emit(output: OutputFormat, data: Any, render: Callable[[Any], RenderableType]) -> None:
+    """Print ``data`` as JSON, or as what ``render`` makes of it."""
+    if output is OutputFormat.JSON:
+        print_json(data)
+    else:
+        print_result(render(data))
+
+
+def note(message: str) -> None:
+    """A human remark on stderr (never mixed into the result on stdout)."""
+    err_console.print(message)
+
+
+def print_error(error: CliError) -> None:
+    """Title and detail, the field errors, problem extensions, and a hint of what to do."""
+    if isinstance(error, ApiError):
+        err_console.print(
+            f"[bold red]Error:[/] [bold]{escape(error.title)}[/] ({error.status}): {escape(error.detail)}"
+        )
+        for field, message in error.field_errors:
+            said = message == error.detail  # the API often repeats a lone field error as the detail
+            err_console.print(
+                f"  field [yellow]{escape(field)}[/]" + ("" if said else f": {escape(message)}")
+            )
+        for key, value in error.extensions.items():
+            err_console.print(f"  {escape(key)}: {escape(_extension_text(value))}")
+    else:
+        err_console.print(f"[bold red]Error:[/] {escape(error.message)}")
+    if error.hint:
+        err_console.print(f"[dim]Hint:[/] {escape(error.hint)}")
+
+
+def _extension_text(value: Any) -> str:
+    if isinstance(value, list) and all(isinstance(v, dict) and "kind" in v for v in value):
+        return ", ".join(f"{v['kind']} {v.get('name', '')} ({v.get('id', '')})" for v in value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def when(value: str | None) -> str:
+    """An API timestamp as ``YYYY-MM-DD HH:MM:SS`` in UTC; empty when absent."""
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return value
+
+
+def state_text(state: str | None) -> Text:
+    return Text(state or "", style=STATE_STYLES.get(state or "", ""))
+
+
+def labels_text(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class ResourceTable(Table):
+    """A table that knows which columns it can drop when the terminal is too narrow for all."""
+
+    def __init__(self, *columns: str, title: str | None = None) -> None:
+        super().__init__(title=title, header_style="bold", title_justify="left")
+        self.optional: list[str] = []
+        for spec in columns:
+            header = spec.removesuffix("?")
+            if spec.endswith("?"):
+                self.optional.append(header)
+            if header == "ID":  # ids are copied and pasted: never wrap or shrink them
+                self.add_column(header, no_wrap=True, min_width=36)
+            else:
+                self.add_column(header, overflow="fold", min_width=min(len(header), 8))
+
+    def fit(self, console: Console) -> None:
+        """Drop optional columns, rightmost first, until the table fits ``console``."""
+        unbounded = console.options.update(max_width=10 * console.width)
+        for header in reversed(self.optional):
+            if Measurement.get(console, unbounded, self).maximum <= console.width:
+                return
+            self.columns = [c for c in self.columns if c.header != header]
+
+
+def table(*columns: str, title: str | None = None) -> ResourceTable:
+    """A table; a column header ending in '?' marks a column to drop first when space is short."""
+    return ResourceTable(*columns, title=title)
+
+
+def _fit(renderable: RenderableType, console: Console) -> None:
+    if isinstance(renderable, ResourceTable):
+        renderable.fit(console)
+    elif isinstance(renderable, Group):
+        for part in renderable.renderables:
+            _fit(part, console)
+
+
+def fields_panel(
+    title: str, rows: Iterable[tuple[str, RenderableType]], extra: list[RenderableType]
+) -> Panel:
+    """One resource as a panel: ``field  value`` lines, then any sub-tables."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for name, value in rows:
+        grid.add_row(name, value)
+    return Panel(Group(grid, *extra), title=title, title_align="left", expand=False)
+
+
+# Projects
+
+
+def project_table(projects: list[Record]) -> RenderableType:
+    if not projects:
+        return Text("No projects.", style="dim")
+    result = table("NAME", "ID", "STATE", "LABELS", "DESCRIPTION?", "CREATED?")
+    for p in projects:
+        result.add_row(
+            escape(p["name"]),
+            p["id"],
+            state_text(p["status"]["state"]),
+            escape(labels_text(p["labels"])),
+            escape(p["spec"].get("description", "")),
+            when(p["created_at"]),
+        )
+    return result
+
+
+def project_panel(project: Record) -> RenderableType:
+    status = project["status"]
+    rows: list[tuple[str, RenderableType]] = [
+        ("id", project["id"]),
+        ("name", escape(project["name"])),
+        ("description", escape(project["spec"].get("description", ""))),
+        ("labels", escape(labels_text(project["labels"]))),
+        ("state", state_text(status["state"])),
+        ("operation", status.get("operation_id") or ""),
+        ("version", str(project["version"])),
+        ("generation", f"{project['generation']} (observed {status.get('observed_generation', 0)})"),
+        ("created", when(project["created_at"])),
+        ("updated", when(project["updated_at"])),
+    ]
+    extra: list[RenderableType] = []
+    if status.get("conditions"):
+        conditions = table("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE?")
+        for c in status["conditions"]:
+            conditions.add_row(
+                c["type"], c["status"], c["reason"], escape(c["message"]), when(c["last_transition_time"])
+            )
+        extra.append(conditions)
+    return fields_panel(f"Project {escape(project['name'])}", rows, extra)
+
+
+def related_table(items: list[Record]) -> RenderableType:
+    """Resources reached by a graph walk, nearest first."""
+    if not items:
+        return Text("None.", style="dim")
+    result = table("DEPTH", "VIA", "KIND", "NAME", "ID", "PROJECT ID?")
+    for item in items:
+        result.add_row(
+            str(item["depth"]),
+            item["via"],
+            item["kind"],
+            escape(item["name"]),
+            item["id"],
+            item.get("project_id") or "",
+        )
+    return result
+
+
+# Operations
+
+
+def progress_text(operation: Record) -> str:
+    message = operation.get("progress_message") or ""
+    return f"{operation['progress']}%" + (f" {message}" if message else "")
+
+
+def operation_table(operations: list[Record]) -> RenderableType:
+    if not operations:
+        return Text("No operations.", style="dim")
+    result = table("ID", "VERB", "STATE", "PROGRESS", "TARGET ID?", "CREATED?", "FINISHED?")
+    for op in operations:
+        result.add_row(
+            op["id"],
+            op["verb"],
+            state_text(op["state"]),
+            escape(progress_text(op)),
+            op.get("target_id") or "",
+            when(op["created_at"]),
+            when(op.get("finished_at")),
+        )
+    return result
+
+
+def error_text(error: Record | None) -> str:
+    if not error:
+        return ""
+    where = f" in step {error['step']}" if error.get("step") else ""
+    return f"{error['code']}: {error['message']}{where}"
+
+
+def steps_table(steps: list[Record]) -> RenderableType:
+    """The audit trail: one row per attempt of each step."""
+    result = table("STEP", "ATTEMPT", "WORKER?", "STATE", "STARTED?", "FINISHED?", "ERROR", title="Steps")
+    for step in steps:
+        result.add_row(
+            escape(step["name"]),
+            str(step["attempt"]),
+            escape(step["worker"]),
+            state_text(step["state"]),
+            when(step["started_at"]),
+            when(step.get("finished_at")),
+            escape(error_text(step.get("error"))),
+        )
+    return result
+
+
+def operation_panel(operation: Record) -> RenderableType:
+    rows: list[tuple[str, RenderableType]] = [
+        ("id", operation["id"]),
+        ("verb", operation["verb"]),
+        ("target", f"{operation.get('target_kind') or ''} {operation.get('target_id') or ''}".strip()),
+        ("project", operation.get("project_id") or ""),
+        ("state", state_text(operation["state"])),
+        ("progress", escape(progress_text(operation))),
+        ("attempt", str(operation["attempt"])),
+        ("principal", escape(operation["principal"])),
+        ("request id", escape(operation.get("request_id") or "")),
+        ("cancel requested", "yes" if operation["cancel_requested"] else "no"),
+        ("created", when(operation["created_at"])),
+        ("started", when(operation.get("started_at"))),
+        ("finished", when(operation.get("finished_at"))),
+    ]
+    if operation.get("error"):
+        rows.append(("error", Text(error_text(operation["error"]), style="red")))
+    if operation.get("result") is not None:
+        rows.append(("result", escape(_shorten(json.dumps(operation["result"]), 300))))
+    panel = fields_panel(f"Operation {operation['id']}", rows, [])
+    return Group(panel, steps_table(operation["steps"])) if operation.get("steps") else panel
