@@ -200,7 +200,10 @@ def test_delete_is_idempotent_by_request_id_and_exclusive(idle_api: LiveServer) 
         assert first.status_code == again.status_code == 202
         assert first.json()["id"] == again.json()["id"]
         status = client.get(url).json()["status"]
-        assert (status["state"], status["operation_id"]) == ("ACTIVE", first.json()["id"])  # queued, not begun
+        assert (status["state"], status["operation_id"]) == (
+            "ACTIVE",
+            first.json()["id"],
+        )
         conflict = _problem(client.delete(url), 409)
         assert conflict["blocking_operation"] == first.json()["id"]
         assert first.json()["id"] in conflict["detail"]

@@ -10,14 +10,14 @@ from pydantic import BaseModel
 from sovra.api.deps import DB, Context
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import RelatedList
-from sovra.domain.edges import Edge, EdgeType
+from sovra.domain.edges import MAX_DEPTH, Edge, EdgeType
 from sovra.domain.errors import Forbidden
 from sovra.store import graph
 from sovra.store import resources as resource_store
 
 router = APIRouter(prefix="/v1", tags=["graph"], responses=PROBLEM_RESPONSES)
 
-Depth = Annotated[int, Query(ge=1, le=graph.MAX_DEPTH, description="How many edges deep to walk.")]
+Depth = Annotated[int, Query(ge=1, le=MAX_DEPTH, description="How many edges deep to walk.")]
 Types = Annotated[list[EdgeType] | None, Query(description="Only follow these edge types.")]
 
 
@@ -54,7 +54,7 @@ def resource_edges(resource_id: str, ctx: Context, db: DB) -> EdgeList:
 
 @router.get("/resources/{resource_id}/dependents", response_model=RelatedList)
 def resource_dependents(
-    resource_id: str, ctx: Context, db: DB, depth: Depth = graph.MAX_DEPTH, type: Types = None
+    resource_id: str, ctx: Context, db: DB, depth: Depth = MAX_DEPTH, type: Types = None
 ) -> RelatedList:
     """Everything that depends on the resource (what breaks if it goes), nearest first."""
     with db.read() as conn:
@@ -65,7 +65,7 @@ def resource_dependents(
 
 @router.get("/resources/{resource_id}/dependencies", response_model=RelatedList)
 def resource_dependencies(
-    resource_id: str, ctx: Context, db: DB, depth: Depth = graph.MAX_DEPTH, type: Types = None
+    resource_id: str, ctx: Context, db: DB, depth: Depth = MAX_DEPTH, type: Types = None
 ) -> RelatedList:
     """Everything the resource depends on, nearest first."""
     with db.read() as conn:

@@ -15,7 +15,11 @@ from sovra.store import operations as operation_store
 router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBLEM_RESPONSES)
 
 
-@router.get("", response_model=ListResponse[Operation])
+@router.get(
+    "",
+    response_model=ListResponse[Operation],
+    response_model_exclude={"items": {"__all__": {"steps"}}},
+)
 def list_operations(
     ctx: Context,
     db: DB,

@@ -109,6 +109,7 @@ def list_projects(
     label_selector: Annotated[
         str | None, Query(max_length=4096, description="e.g. env=prod,tier in (web)")
     ] = None,
+    name: Annotated[str | None, Query(max_length=63, description="Only the project with this name.")] = None,
     page_size: PageSize = 100,
     page_token: PageToken = None,
 ) -> ListResponse[Project]:
@@ -121,6 +122,7 @@ def list_projects(
             selector=selector,
             page_size=min(page_size, settings.max_page_size),
             page_token=page_token,
+            name=name,
         )
     return ListResponse[Project](
         items=[Project.of(r) for r in page.items], next_page_token=page.next_page_token

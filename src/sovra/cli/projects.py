@@ -34,11 +34,10 @@ from sovra.cli.output import (
     project_table,
     related_table,
 )
+from sovra.domain.edges import MAX_DEPTH
 from sovra.domain.ids import is_id
 
 app = typer.Typer(cls=CommandGroup, help="Projects: the unit of tenancy.", no_args_is_help=True)
-
-MAX_DEPTH = 64  # the API's deepest graph walk
 
 
 def _check_labels(values: list[str] | None) -> list[str]:
@@ -80,7 +79,7 @@ def resolve_project(client: SovraClient, ref: str) -> Record:
             if exc.status != 404:
                 raise
             not_found = exc
-    found: Record | None = next((p for p in client.iter_items("/v1/projects") if p["name"] == ref), None)
+    found: Record | None = next(iter(client.get("/v1/projects", params={"name": ref})["items"]), None)
     if found is not None:
         return found
     if not_found is not None:

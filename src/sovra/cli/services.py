@@ -1,4 +1,7 @@
-"""``sovra up``, ``sovra server`` and ``sovra worker``."""
+"""``sovra up``, ``sovra server`` and ``sovra worker``.
+
+The server stack is imported inside each command so that client commands start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import typer
 from rich.console import Console
 
 from sovra.config import Settings
-from sovra.service import admin_token, configure_logging, open_database, run_server, run_worker_process
 
 console = Console(stderr=True)
 
@@ -18,6 +20,8 @@ def up(
     port: Annotated[int | None, typer.Option(help="API port (default 8790).")] = None,
 ) -> None:
     """Run everything in one process on embedded defaults (SQLite, local API)."""
+    from sovra.service import admin_token, configure_logging, open_database, run_server
+
     configure_logging()
     settings = Settings()
     if port is not None:
@@ -42,6 +46,8 @@ def server(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
 ) -> None:
     """Serve the REST API only; run `sovra worker` processes beside it."""
+    from sovra.service import admin_token, configure_logging, open_database, run_server
+
     configure_logging()
     settings = Settings()
     if port is not None:
@@ -62,6 +68,8 @@ def worker(
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on this port.")] = None,
 ) -> None:
     """Execute operations: claim them from the database with a lease, run their steps."""
+    from sovra.service import configure_logging, open_database, run_worker_process
+
     configure_logging()
     settings = Settings()
     db = open_database(settings)

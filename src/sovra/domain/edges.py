@@ -17,6 +17,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+MAX_DEPTH = 64
+"""Deepest graph walk; edges that would close a cycle are refused, so real graphs stay far below."""
+
 
 class EdgeType(StrEnum):
     OWNS = "owns"

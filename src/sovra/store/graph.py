@@ -11,14 +11,11 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
-from sovra.domain.edges import BLOCKS_TARGET_DELETION, Edge, EdgeType, RelatedResource
+from sovra.domain.edges import BLOCKS_TARGET_DELETION, MAX_DEPTH, Edge, EdgeType, RelatedResource
 from sovra.domain.errors import Conflict, InvalidArgument, NotFound
 from sovra.domain.project import PROJECT_KIND
 from sovra.store.schema import edges, resources
 from sovra.store.types import utcnow
-
-MAX_DEPTH = 64
-"""Deepest walk; edges that would close a cycle are refused, so real graphs stay far below."""
 
 
 def _walk_sql(direction: str) -> sa.TextClause:

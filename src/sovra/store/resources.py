@@ -137,19 +137,24 @@ def list_page(
     page_size: int,
     page_token: str | None,
     scope_project_id: str | None = None,
+    name: str | None = None,
 ) -> Page[Resource]:
     """One page of resources of ``kind`` in creation order.
 
     ``project_ids`` is the caller's visibility (None: everything); ``scope_project_id`` narrows the
     list to one project's resources.
     """
-    fingerprint = query_fingerprint(kind, scope_project_id, [(r.key, r.operator, r.values) for r in selector])
+    fingerprint = query_fingerprint(
+        kind, scope_project_id, name, [(r.key, r.operator, r.values) for r in selector]
+    )
     after = decode_token(page_token, fingerprint)
     query = sa.select(resources).where(resources.c.kind == kind)
     if project_ids is not None:
         query = query.where(sa.or_(resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids)))
     if scope_project_id is not None:
         query = query.where(resources.c.project_id == scope_project_id)
+    if name is not None:
+        query = query.where(resources.c.name == name)
     for req in selector:
         query = query.where(_label_clause(req))
     if after is not None:
