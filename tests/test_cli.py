@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
+from sovra.cli import config as cli_config
 from sovra.cli.client import CliError, SovraClient
 from sovra.cli.main import app
 from sovra.cli.operations import wait_and_report
@@ -31,7 +32,12 @@ runner = CliRunner()
 
 def sovra(server: LiveServer | None, *args: str, env: dict[str, str | None] | None = None) -> Result:
     """Run the CLI in-process with the connection in the environment, as a user would set it."""
-    base: dict[str, str | None] = {"COLUMNS": None, "SOVRA_URL": None, "SOVRA_TOKEN": None}
+    base: dict[str, str | None] = {
+        "COLUMNS": None,
+        "SOVRA_URL": None,
+        "SOVRA_TOKEN": None,
+        "SOVRA_CONFIG": "/nonexistent/sovra-test/config.json",  # never the user's own login
+    }
     if server is not None:
         base |= {"SOVRA_URL": server.url, "SOVRA_TOKEN": server.token}
     return runner.invoke(app, list(args), env=base | (env or {}))
@@ -235,14 +241,17 @@ def test_wrong_token_is_unauthenticated(api: LiveServer) -> None:
     assert "SOVRA_TOKEN" in result.stderr
 
 
-def test_token_from_the_data_directory(api: LiveServer, tmp_path: Path) -> None:
-    data = tmp_path / "cli-data"
-    data.mkdir()
-    env: dict[str, str | None] = {"SOVRA_TOKEN": None, "SOVRA_DATA_DIR": str(data)}
-    missing = sovra(api, "project", "list", env=env)
-    assert missing.exit_code == 2 and "admin.token" in missing.stderr and "SOVRA_TOKEN" in missing.stderr
-    (data / "admin.token").write_text(api.token + "\n")
-    assert sovra(api, "project", "list", env=env).exit_code == 0
+def test_token_and_url_from_the_login_config(
+    api: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "sovra" / "config.json"
+    env: dict[str, str | None] = {"SOVRA_TOKEN": None, "SOVRA_URL": None, "SOVRA_CONFIG": str(config)}
+    missing = sovra(None, "project", "list", env=env)
+    assert missing.exit_code == 2 and "sovra login" in missing.stderr and "SOVRA_TOKEN" in missing.stderr
+    monkeypatch.setenv("SOVRA_CONFIG", str(config))
+    cli_config.save(api.url, api.token)
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert sovra(None, "project", "list", env=env).exit_code == 0
 
 
 def test_unreachable_api_gives_a_hint() -> None:

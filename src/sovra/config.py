@@ -26,12 +26,16 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = DEFAULT_PORT
     admin_token: SecretStr | None = Field(
-        default=None, description="Bearer token of the built-in admin principal."
+        default=None, description="Bootstrap admin bearer token for automated installs (optional)."
     )
     lease_seconds: float = Field(default=15.0, gt=0, description="How long a worker's claim lasts.")
     poll_seconds: float = Field(default=0.2, gt=0, description="Idle worker poll interval.")
     default_step_deadline_seconds: float = Field(default=300.0, gt=0)
     max_page_size: int = Field(default=500, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="Largest JSON request body.")
+    rate_limit_per_second: float = Field(default=50.0, gt=0, description="Sustained requests per principal.")
+    rate_limit_burst: int = Field(default=200, gt=0, description="Requests a principal may burst.")
+    token_max_days: int = Field(default=365, gt=0, description="Longest lifetime of an API token.")
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register operation handlers."
     )
@@ -41,7 +45,3 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'sovra.db'}"
-
-    @property
-    def admin_token_path(self) -> Path:
-        return self.data_dir / "admin.token"

@@ -17,6 +17,12 @@ API_LATENCY = Histogram(
     ["method", "route", "status"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+AUTH_FAILURES = Counter(
+    "sovra_auth_failures_total",
+    "Refused credentials, by reason (missing, invalid, expired, revoked, oidc).",
+    ["reason"],
+)
+RATE_LIMITED = Counter("sovra_rate_limited_total", "Requests refused with 429.")
 OPERATIONS_FINISHED = Counter(
     "sovra_operations_finished_total",
     "Operations this worker finished, by verb and final state.",

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import signal
 import threading
-from pathlib import Path
+from datetime import timedelta
 
 import prometheus_client
 import uvicorn
 
 from sovra.api.app import create_app
+from sovra.auth import secrets as auth_secrets
+from sovra.auth.authenticate import TokenVerifier
 from sovra.config import Settings
+from sovra.domain.identity import Role
 from sovra.operations.engine import Worker, run_workers
 from sovra.operations.registry import default_registry
+from sovra.store import tokens as token_store
 from sovra.store.database import Database
 from sovra.store.migrate import upgrade
+from sovra.store.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,36 +38,42 @@ def open_database(settings: Settings) -> Database:
     return db
 
 
-def _write_secret(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+def oidc_verifier(settings: Settings) -> TokenVerifier | None:
+    """The OIDC verifier for the configured issuers, or None when none is configured."""
+    return None
 
 
-def admin_token(settings: Settings, create: bool) -> tuple[str | None, bool]:
-    """The admin token and whether it was just created.
+def bootstrap_admin_token(settings: Settings, db: Database) -> str | None:
+    """On first start, make an admin API token and return its secret (shown once, never logged).
 
-    Order: ``SOVRA_ADMIN_TOKEN``; the token file in the data directory; a new one (``up`` only),
-    written with mode 0600 and never logged.
+    "First start" means: no admin token exists yet and no ``SOVRA_ADMIN_TOKEN`` is configured.
+    The database keeps only its hash; `sovra token revoke` retires it once real identities exist.
     """
     if settings.admin_token is not None:
-        return settings.admin_token.get_secret_value(), False
-    path = settings.admin_token_path
-    if path.exists():
-        return path.read_text().strip(), False
-    if not create:
-        return None, False
-    token = secrets.token_urlsafe(32)
-    _write_secret(path, token)
-    return token, True
+        return None
+    with db.write() as conn:
+        if token_store.admin_tokens_exist(conn):
+            return None
+        secret = auth_secrets.new_secret()
+        token_store.create(
+            conn,
+            name="bootstrap-admin",
+            project_id=None,
+            role=Role.ADMIN,
+            secret_hash=auth_secrets.secret_hash(secret),
+            hint=auth_secrets.hint(secret),
+            created_by="sovra up",
+            expires_at=utcnow() + timedelta(days=settings.token_max_days),
+        )
+    return secret
 
 
-def run_server(settings: Settings, token: str | None, db: Database, workers: int = 0) -> None:
+def run_server(settings: Settings, db: Database, workers: int = 0) -> None:
     """Serve the API until SIGINT/SIGTERM; with ``workers`` > 0 also run operations in-process."""
     stop = threading.Event()
     if workers:
         run_workers(db, default_registry(settings.plugins), settings, workers, stop)
-    app = create_app(settings, db, token)
+    app = create_app(settings, db, oidc_verifier(settings))
     config = uvicorn.Config(
         app, host=settings.api_host, port=settings.api_port, log_level="warning", access_log=False
     )

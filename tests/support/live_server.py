@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
 from sovra.api.app import create_app
+from sovra.auth.authenticate import TokenVerifier
 from sovra.config import Settings
 from sovra.operations.engine import run_workers
 from sovra.operations.registry import default_registry
@@ -43,8 +45,14 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(
-    database_url: str, data_dir: Path, workers: int = 1, plugins: list[str] | None = None
+    database_url: str,
+    data_dir: Path,
+    workers: int = 1,
+    plugins: list[str] | None = None,
+    oidc: TokenVerifier | None = None,
+    **overrides: Any,
 ) -> Iterator[LiveServer]:
+    """``token`` of the yielded server is the bootstrap admin token; ``overrides`` go to Settings."""
     token = secrets.token_urlsafe(16)
     settings = Settings(
         data_dir=data_dir,
@@ -53,12 +61,14 @@ def live_server(
         lease_seconds=3,
         poll_seconds=0.05,
         plugins=plugins or [],
+        admin_token=token,
+        **overrides,
     )
     db = Database(database_url)
     stop = threading.Event()
     threads = run_workers(db, default_registry(settings.plugins), settings, workers, stop) if workers else []
     config = uvicorn.Config(
-        create_app(settings, db, token),
+        create_app(settings, db, oidc),
         host="127.0.0.1",
         port=settings.api_port,
         log_level="warning",

@@ -6,15 +6,23 @@ import time
 from collections.abc import Iterator
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sovra
 from sovra import metrics
-from sovra.api import graph, health, operations, problems, projects
-from sovra.api.context import request_id_of
+from sovra.api import audit, graph, health, identity, operations, problems, projects, tokens
+from sovra.api.audit_trail import MUTATING, AuditNote
+from sovra.api.audit_trail import write as write_audit
+from sovra.api.deps import request_id_of
+from sovra.auth import policy
+from sovra.auth.authenticate import Authenticator, TokenVerifier
+from sovra.auth.ratelimit import RateLimiter
 from sovra.config import Settings
 from sovra.store.database import Database
 
@@ -30,44 +38,108 @@ class _ProcessAndStore(Collector):
         yield from self._operations.collect()
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
 class RequestMiddleware:
-    """Request id in and out (``X-Request-ID``) and the latency histogram per route template.
+    """Per request: the request id (``X-Request-ID`` in and out), the body size limit, the latency
+    histogram per route template, and an audit record for every mutating call.
 
     Plain ASGI rather than ``BaseHTTPMiddleware``: it adds no task or copy per request.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, db: Database, max_body_bytes: int) -> None:
         self.app = app
+        self.db = db
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from starlette.requests import Request
-
-        request_id = request_id_of(Request(scope))
-        scope.setdefault("state", {})["request_id"] = request_id
+        request = Request(scope)
+        request_id = request_id_of(request)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        note = None
+        if scope["method"] in MUTATING:
+            note = AuditNote(
+                scope["method"], scope["path"], request.client.host if request.client else "", request_id
+            )
+            state["audit"] = note
         started = time.perf_counter()
-        status = 500
+        status, location = 500, None
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, location, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                headers = message.setdefault("headers", [])
+                location = next((v.decode() for k, v in headers if k == b"location"), None)
+                headers.append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            declared = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0
+        try:
+            if declared > self.max_body_bytes:
+                raise _BodyTooLarge
+            await self.app(scope, self._limited(receive), send_with_id)
+        except _BodyTooLarge:
+            if response_started:
+                raise
+            status = 413
+            response = problems.standalone_problem(
+                413,
+                "Payload too large",
+                f"the request body is larger than {self.max_body_bytes} bytes",
+                scope["path"],
+            )
+            await response(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             metrics.API_LATENCY.labels(scope["method"], template, str(status)).observe(
                 time.perf_counter() - started
             )
+            if note is not None:
+                await run_in_threadpool(
+                    write_audit, self.db, note, route, scope.get("path_params", {}), status, location
+                )
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def receive_limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        return receive_limited
 
 
-def create_app(settings: Settings, db: Database, admin_token: str | None) -> FastAPI:
+def _check_every_route_has_a_rule(app: FastAPI) -> None:
+    routes = [
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    ]
+    missing = policy.missing_rules(routes)
+    if missing:
+        raise RuntimeError(f"routes without an access rule in sovra.auth.policy: {missing}")
+
+
+def create_app(settings: Settings, db: Database, oidc: TokenVerifier | None = None) -> FastAPI:
     app = FastAPI(
         title="Sovra",
         version=sovra.__version__,
@@ -76,12 +148,15 @@ def create_app(settings: Settings, db: Database, admin_token: str | None) -> Fas
     )
     app.state.settings = settings
     app.state.db = db
-    app.state.admin_token = admin_token
+    bootstrap = settings.admin_token.get_secret_value() if settings.admin_token else None
+    app.state.authenticator = Authenticator(db, bootstrap, oidc)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     registry = CollectorRegistry(auto_describe=False)  # describing would query the DB now
     registry.register(_ProcessAndStore(db))
     app.state.metrics_registry = registry
     problems.install(app)
-    for router in (projects.router, operations.router, graph.router, health.router):
-        app.include_router(router)
-    app.add_middleware(RequestMiddleware)
+    for module in (projects, tokens, identity, operations, graph, audit, health):
+        app.include_router(module.router)
+    _check_every_route_has_a_rule(app)
+    app.add_middleware(RequestMiddleware, db=db, max_body_bytes=settings.max_body_bytes)
     return app

@@ -1,4 +1,4 @@
-"""Shared FastAPI dependencies and parameter types."""
+"""Shared FastAPI dependencies: the authorized request context, the database, parameter types."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
-from sovra.api.context import RequestContext, authenticate
+from sovra import metrics
+from sovra.api.audit_trail import AuditNote
+from sovra.auth import policy
+from sovra.auth.authenticate import Authenticator
+from sovra.auth.context import RequestContext
+from sovra.auth.ratelimit import RateLimiter
 from sovra.config import Settings
-from sovra.domain.errors import InvalidArgument
+from sovra.domain.errors import Forbidden, InvalidArgument, RateLimited
+from sovra.domain.ids import new_id
 from sovra.store.database import Database
 
-Context = Annotated[RequestContext, Depends(authenticate)]
 PageSize = Annotated[int, Query(ge=1, le=1000, description="Items per page (capped by the server).")]
 PageToken = Annotated[str | None, Query(max_length=512, description="next_page_token of the previous page.")]
 IfMatch = Annotated[str | None, Header(description="ETag of the version you read; 412 if it is stale.")]
@@ -27,6 +32,40 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def request_id_of(request: Request) -> str:
+    supplied = request.headers.get("x-request-id", "")
+    return supplied if 0 < len(supplied) <= 128 and supplied.isprintable() else new_id()
+
+
+def authorized_context(request: Request) -> RequestContext:
+    """Authenticate, rate-limit and authorize the request against the route's policy rule."""
+    route = request.scope.get("route")
+    rule = policy.rule_for(request.method, getattr(route, "path", ""))
+    if rule is None:  # fail closed; the app also refuses to start with a route that has no rule
+        raise Forbidden("no access rule covers this route")
+    authenticator: Authenticator = request.app.state.authenticator
+    ctx = authenticator.authenticate(
+        request.headers.get("authorization", ""),
+        getattr(request.state, "request_id", None) or request_id_of(request),
+        request.client.host if request.client else "",
+    )
+    note: AuditNote | None = getattr(request.state, "audit", None)
+    if note is not None:
+        note.principal = ctx.principal
+    limiter: RateLimiter = request.app.state.rate_limiter
+    try:
+        limiter.check(ctx.principal)
+    except RateLimited:
+        metrics.RATE_LIMITED.inc()
+        raise
+    with get_db(request).read() as conn:
+        project_id = policy.authorize(ctx, rule, request.path_params, conn)
+    if note is not None:
+        note.project_id = project_id
+    return ctx
+
+
+Context = Annotated[RequestContext, Depends(authorized_context)]
 DB = Annotated[Database, Depends(get_db)]
 Config = Annotated[Settings, Depends(get_settings)]
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sovra.domain.errors import InvalidArgument, SovraError, Unauthenticated
+from sovra.domain.errors import SovraError
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE_BASE = "https://sovra.dev/problems/"
@@ -33,6 +33,32 @@ class Problem(BaseModel):
     errors: list[FieldError] = Field(default_factory=list)
 
 
+def standalone_problem(
+    status: int,
+    title: str,
+    detail: str,
+    instance: str,
+    errors: list[dict[str, str]] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    """The problem+json answer for ``status``; also used by middleware outside exception handling."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + title.lower().replace(" ", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "errors": errors or [],
+        **extensions,
+    }
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="sovra"'
+    if status == 429 and "retry_after" in extensions:
+        headers["Retry-After"] = str(extensions["retry_after"])
+    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+
+
 def problem_response(
     request: Request,
     status: int,
@@ -41,17 +67,7 @@ def problem_response(
     errors: list[dict[str, str]] | None = None,
     **extensions: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + title.lower().replace(" ", "-"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        "errors": errors or [],
-        **extensions,
-    }
-    headers = {"WWW-Authenticate": 'Bearer realm="sovra"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+    return standalone_problem(status, title, detail, request.url.path, errors, **extensions)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -64,14 +80,11 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 async def _on_sovra_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SovraError)
-    errors = []
-    field = getattr(exc, "field", None) or exc.extensions.pop("field", None)
-    if field:
-        errors.append({"field": field, "message": exc.detail})
     extensions = dict(exc.extensions)
-    if isinstance(exc, InvalidArgument | Unauthenticated) or exc.status < 500:
-        return problem_response(request, exc.status, exc.title, exc.detail, errors, **extensions)
-    log.error("server error on %s: %s", request.url.path, exc.detail)
+    field = getattr(exc, "field", None) or extensions.pop("field", None)
+    errors = [{"field": field, "message": exc.detail}] if field else []
+    if exc.status >= 500:
+        log.error("server error on %s: %s", request.url.path, exc.detail)
     return problem_response(request, exc.status, exc.title, exc.detail, errors, **extensions)
 
 
@@ -122,5 +135,6 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "Conflict with the current state"),
         (412, "If-Match version is stale"),
         (422, "Request does not match the schema"),
+        (429, "Too many requests from this principal; see Retry-After"),
     )
 }

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection
 
-from sovra.api.context import RequestContext
 from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, parse_if_match
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse, RelatedList
-from sovra.domain.errors import Conflict, Forbidden
+from sovra.auth.context import RequestContext
+from sovra.domain.errors import Conflict
 from sovra.domain.labels import parse_selector, validate_labels
 from sovra.domain.names import validate_name
 from sovra.domain.operation import Operation
@@ -82,8 +82,6 @@ def _with_etag(response: Response, resource: Resource) -> Project:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Project)
 def create_project(body: ProjectCreate, ctx: Context, db: DB, response: Response) -> Project:
-    if not ctx.is_admin:
-        raise Forbidden("only admins create projects")
     validate_name(body.name)
     validate_labels(body.labels)
     with db.write() as conn:
@@ -219,6 +217,7 @@ def _start_deletion(
         target_id=project_id,
         target_kind=PROJECT_KIND,
         request_id=request_id,
+        origin_request_id=ctx.request_id,
     )
     return operation
 

@@ -14,19 +14,23 @@ from types import TracebackType
 from typing import Annotated, Any
 
 import httpx
-import pydantic
 import typer
 
-from sovra.config import Settings
+from sovra.cli import config as cli_config
+from sovra.cli.config import DEFAULT_URL
 
-DEFAULT_URL = "http://127.0.0.1:8790"
 MAX_PAGE_SIZE = 1000  # the API's upper bound for page_size
 EXIT_API_ERROR = 1
 EXIT_USAGE = 2
 
 UrlOption = Annotated[
-    str,
-    typer.Option("--url", envvar="SOVRA_URL", help="Base URL of the Sovra API.", show_envvar=True),
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="SOVRA_URL",
+        help=f"Base URL of the Sovra API [default: from `sovra login`, else {DEFAULT_URL}]",
+        show_envvar=True,
+    ),
 ]
 Params = Mapping[str, str | int | None]
 Record = dict[str, Any]  # one API object as decoded JSON
@@ -65,24 +69,26 @@ class ApiError(CliError):
         return {k: v for k, v in self.problem.items() if k not in self.STANDARD_FIELDS}
 
 
+def _stored() -> dict[str, Any]:
+    try:
+        return cli_config.load()
+    except ValueError as exc:
+        raise CliError(str(exc), hint="run `sovra login` again") from exc
+
+
+def resolve_url(url: str | None) -> str:
+    """``--url``/``SOVRA_URL``, else the URL `sovra login` stored, else the local default."""
+    return url or str(_stored().get("url") or DEFAULT_URL)
+
+
 def resolve_token() -> str:
-    """``SOVRA_TOKEN``, else the admin token file that ``sovra up`` wrote in the data directory."""
-    token = os.environ.get("SOVRA_TOKEN", "").strip()
-    if token:
-        return token
-    try:
-        path = Settings().admin_token_path
-    except pydantic.ValidationError as exc:
-        raise CliError(f"invalid SOVRA_* environment: {exc}") from exc
-    hint = "set SOVRA_TOKEN to the admin token that `sovra up` printed"
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        raise CliError(f"no API token: SOVRA_TOKEN is unset and {path} does not exist", hint=hint) from None
-    except OSError as exc:
-        raise CliError(f"no API token: cannot read {path}: {exc.strerror}", hint=hint) from exc
+    """``SOVRA_TOKEN``, else the token `sovra login` stored."""
+    token = os.environ.get("SOVRA_TOKEN", "").strip() or str(_stored().get("token") or "").strip()
     if not token:
-        raise CliError(f"no API token: {path} is empty", hint=hint)
+        raise CliError(
+            f"no API token: SOVRA_TOKEN is unset and {cli_config.config_path()} has none",
+            hint="run `sovra login` with the token `sovra up` printed, or set SOVRA_TOKEN",
+        )
     return token
 
 
@@ -198,6 +204,6 @@ class SovraClient:
         return list(islice(self.iter_items(path, params, min(limit, MAX_PAGE_SIZE)), limit))
 
 
-def connect(url: str) -> SovraClient:
-    """A client for ``url`` with the token from the environment."""
-    return SovraClient(url, resolve_token())
+def connect(url: str | None) -> SovraClient:
+    """A client for ``url`` (or the configured one) with the configured token."""
+    return SovraClient(resolve_url(url), resolve_token())

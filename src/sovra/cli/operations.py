@@ -23,7 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from sovra.cli.client import DEFAULT_URL, EXIT_API_ERROR, CliError, Record, SovraClient, UrlOption, connect
+from sovra.cli.client import EXIT_API_ERROR, CliError, Record, SovraClient, UrlOption, connect
 from sovra.cli.output import (
     CommandGroup,
     OutputFormat,
@@ -172,7 +172,7 @@ def list_operations(
     verb: Annotated[str | None, typer.Option("--verb", help="e.g. project.delete")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many.")] = None,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """Operations, newest first. Lists leave steps out: `sovra op show ID` has them."""
     params = {"project_id": project, "target_id": target, "state": state and str(state), "verb": verb}
@@ -182,9 +182,7 @@ def list_operations(
 
 
 @app.command()
-def show(
-    operation_id: OperationId, output: OutputOption = OutputFormat.TABLE, url: UrlOption = DEFAULT_URL
-) -> None:
+def show(operation_id: OperationId, output: OutputOption = OutputFormat.TABLE, url: UrlOption = None) -> None:
     """One operation with its steps: every attempt, the worker that ran it, and how it ended."""
     with connect(url) as client:
         operation = client.get(operation_path(operation_id))
@@ -196,7 +194,7 @@ def wait(
     operation_id: OperationId,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """Wait until the operation ends: exit 0 if it succeeded, 1 if it failed or was cancelled, 3 on timeout.
 
@@ -208,7 +206,7 @@ def wait(
 
 @app.command()
 def cancel(
-    operation_id: OperationId, output: OutputOption = OutputFormat.TABLE, url: UrlOption = DEFAULT_URL
+    operation_id: OperationId, output: OutputOption = OutputFormat.TABLE, url: UrlOption = None
 ) -> None:
     """Cancel: at once if no worker has started it, otherwise at the worker's next safe point."""
     with connect(url) as client:

@@ -12,7 +12,6 @@ import typer
 from rich.markup import escape
 
 from sovra.cli.client import (
-    DEFAULT_URL,
     EXIT_API_ERROR,
     ApiError,
     CliError,
@@ -102,7 +101,7 @@ def create(
     description: Annotated[str | None, typer.Option("--description", "-d")] = None,
     label: LabelOption = None,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """Create a project."""
     body: dict[str, Any] = {"name": name, "labels": parse_labels(label)}
@@ -121,7 +120,7 @@ def list_projects(
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many.")] = None,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """Projects in creation order."""
     with connect(url) as client:
@@ -130,7 +129,7 @@ def list_projects(
 
 
 @app.command()
-def show(ref: ProjectRef, output: OutputOption = OutputFormat.TABLE, url: UrlOption = DEFAULT_URL) -> None:
+def show(ref: ProjectRef, output: OutputOption = OutputFormat.TABLE, url: UrlOption = None) -> None:
     """One project."""
     with connect(url) as client:
         project = resolve_project(client, ref)
@@ -166,7 +165,7 @@ def update(
         typer.Option("--expect-version", min=1, help="Fail unless the project is still at this version."),
     ] = None,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """Change a project's name, description or labels.
 
@@ -196,7 +195,7 @@ def delete(
     ] = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """Tear a project down with everything it owns (an operation).
 
@@ -234,7 +233,7 @@ def _start_delete(client: SovraClient, ref: str, request_id: str | None) -> Reco
     return operation
 
 
-def _related(direction: str, ref: str, depth: int | None, output: OutputFormat, url: str) -> None:
+def _related(direction: str, ref: str, depth: int | None, output: OutputFormat, url: str | None) -> None:
     with connect(url) as client:
         resource_id = resource_id_of(client, ref)
         path = f"/v1/resources/{quote(resource_id, safe='')}/{direction}"
@@ -247,7 +246,7 @@ def dependents(
     ref: Annotated[str, typer.Argument(metavar="ID", help="A resource id, or a project's name.")],
     depth: DepthOption = None,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """What depends on a resource (what breaks if it goes), nearest first."""
     _related("dependents", ref, depth, output, url)
@@ -258,16 +257,14 @@ def dependencies(
     ref: Annotated[str, typer.Argument(metavar="ID", help="A resource id, or a project's name.")],
     depth: DepthOption = None,
     output: OutputOption = OutputFormat.TABLE,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
 ) -> None:
     """What a resource depends on, nearest first."""
     _related("dependencies", ref, depth, output, url)
 
 
 @app.command("teardown-order")
-def teardown_order(
-    ref: ProjectRef, output: OutputOption = OutputFormat.TABLE, url: UrlOption = DEFAULT_URL
-) -> None:
+def teardown_order(ref: ProjectRef, output: OutputOption = OutputFormat.TABLE, url: UrlOption = None) -> None:
     """Everything the project owns, in the order a delete removes it (the project last)."""
     with connect(url) as client:
         project = resolve_project(client, ref)

@@ -18,27 +18,26 @@ console = Console(stderr=True)
 def up(
     workers: Annotated[int, typer.Option(min=0, max=64, help="Worker threads in this process.")] = 2,
     port: Annotated[int | None, typer.Option(help="API port (default 8790).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
 ) -> None:
-    """Run everything in one process on embedded defaults (SQLite, local API)."""
-    from sovra.service import admin_token, configure_logging, open_database, run_server
+    """Run everything in one process: API, workers, and SQLite in the data directory
+    (or the database SOVRA_DATABASE_URL names)."""
+    from sovra.service import bootstrap_admin_token, configure_logging, open_database, run_server
 
     configure_logging()
-    settings = Settings()
-    if port is not None:
-        settings.api_port = port
+    settings = _settings(port, host)
     db = open_database(settings)
-    token, created = admin_token(settings, create=True)
+    secret = bootstrap_admin_token(settings, db)
     url = f"http://{settings.api_host}:{settings.api_port}"
     console.print(f"[bold green]Sovra is up[/] at [bold]{url}[/]  (API: {url}/v1, docs: {url}/docs)")
     console.print(f"  database: {db.engine.url.render_as_string(hide_password=True)}")
-    if created:
+    if secret is not None:
         console.print(
-            f"  admin token (shown once, also stored in {settings.admin_token_path} with mode 0600):"
+            "  first start: an admin API token was created. It is shown [bold]only now[/]; "
+            "store it with `sovra login`:"
         )
-        typer.echo(f"  {token}")
-    else:
-        console.print(f"  admin token: in {settings.admin_token_path} or SOVRA_ADMIN_TOKEN")
-    run_server(settings, token, db, workers=workers)
+        typer.echo(f"  {secret}")
+    run_server(settings, db, workers=workers)
 
 
 def server(
@@ -46,21 +45,13 @@ def server(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
 ) -> None:
     """Serve the REST API only; run `sovra worker` processes beside it."""
-    from sovra.service import admin_token, configure_logging, open_database, run_server
+    from sovra.service import configure_logging, open_database, run_server
 
     configure_logging()
-    settings = Settings()
-    if port is not None:
-        settings.api_port = port
-    if host is not None:
-        settings.api_host = host
+    settings = _settings(port, host)
     db = open_database(settings)
-    token, _ = admin_token(settings, create=False)
-    if token is None:
-        console.print("[red]no admin token:[/] set SOVRA_ADMIN_TOKEN, or run `sovra up` once to create one")
-        raise typer.Exit(2)
     console.print(f"Sovra API at http://{settings.api_host}:{settings.api_port}")
-    run_server(settings, token, db)
+    run_server(settings, db)
 
 
 def worker(
@@ -74,6 +65,15 @@ def worker(
     settings = Settings()
     db = open_database(settings)
     run_worker_process(settings, db, concurrency, metrics_port)
+
+
+def _settings(port: int | None, host: str | None) -> Settings:
+    settings = Settings()
+    if port is not None:
+        settings.api_port = port
+    if host is not None:
+        settings.api_host = host
+    return settings
 
 
 def register(app: typer.Typer) -> None:

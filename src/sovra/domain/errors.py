@@ -57,3 +57,19 @@ class PreconditionFailed(SovraError):
 
     status = 412
     title = "Precondition failed"
+
+
+class PayloadTooLarge(SovraError):
+    status = 413
+    title = "Payload too large"
+
+
+class RateLimited(SovraError):
+    """Too many requests; ``retry_after`` seconds is sent as the Retry-After header."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = retry_after

@@ -72,6 +72,7 @@ class Operation(BaseModel):
     error: ErrorInfo | None = None
     request_id: str | None
     principal: str
+    origin_request_id: str | None = Field(default=None, description="The API request that created it.")
     attempt: int
     cancel_requested: bool
     lease_owner: str | None

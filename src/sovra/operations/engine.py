@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from sovra import metrics
 from sovra.config import Settings
 from sovra.domain.operation import ErrorInfo, Operation, OperationState
 from sovra.operations.context import StepContext
 from sovra.operations.errors import Cancelled, DeadlineExceeded, StepError
 from sovra.operations.registry import Registry, Step
+from sovra.store import audit
 from sovra.store import operations as operation_store
 from sovra.store.database import Database
 from sovra.store.operations import LeaseLost
@@ -251,11 +254,11 @@ class Worker:
                 error = ErrorInfo(
                     code="CANCELLED", message=f"cancelled during step {step.name}", step=step.name
                 )
-                operation_store.finish_step(conn, operation.id, step_id, self.id, error=error)
+                self._close_step(conn, operation, step, step_id, error=error)
                 self._finish(operation, OperationState.CANCELLED, error=error, conn=conn)
                 return False
             if outcome.error is not None:
-                operation_store.finish_step(conn, operation.id, step_id, self.id, error=outcome.error)
+                self._close_step(conn, operation, step, step_id, error=outcome.error)
                 failures = operation_store.failed_attempts(conn, operation.id, step.name)
                 if outcome.error.retryable and failures < step.max_attempts:
                     delay = backoff_seconds(step, failures)
@@ -274,12 +277,37 @@ class Worker:
                 else:
                     self._finish(operation, OperationState.FAILED, error=outcome.error, conn=conn)
                 return False
-            operation_store.finish_step(conn, operation.id, step_id, self.id, result=outcome.result)
+            self._close_step(conn, operation, step, step_id, result=outcome.result)
             if last:
                 self._finish(operation, OperationState.SUCCEEDED, result=outcome.result, conn=conn)
                 return False
             operation_store.set_progress(conn, operation.id, self.id, progress, f"{step.name} done")
         return True
+
+    def _close_step(
+        self,
+        conn: Connection,
+        operation: Operation,
+        step: Step,
+        step_id: int,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        """Record the step's end and its audit record in one transaction."""
+        operation_store.finish_step(conn, operation.id, step_id, self.id, result=result, error=error)
+        audit.record(
+            conn,
+            principal=operation.principal,
+            project_id=operation.project_id,
+            action=f"{operation.verb}:{step.name}",
+            resource_kind=operation.target_kind,
+            resource_id=operation.target_id,
+            result="failure" if error else "success",
+            request_id=operation.origin_request_id,
+            source=f"worker {self.id}",
+            details={"operation_id": operation.id, **({"error": error.code} if error else {})},
+        )
 
     def _finish(
         self,

@@ -101,6 +101,7 @@ def create(
     target_kind: str | None = None,
     params: dict[str, Any] | None = None,
     request_id: str | None = None,
+    origin_request_id: str | None = None,
 ) -> tuple[Operation, bool]:
     """Create an operation, or return the one this ``request_id`` already made.
 
@@ -135,6 +136,7 @@ def create(
         "request_id": request_id,
         "request_key": _request_key(project_id, request_id) if request_id else None,
         "principal": principal,
+        "origin_request_id": origin_request_id,
         "attempt": 0,
         "cancel_requested": False,
         "lease_owner": None,

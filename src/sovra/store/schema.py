@@ -102,6 +102,7 @@ operations = sa.Table(
     # "<project or '-'>:<request_id>": the idempotency key, unique where a request_id was given.
     sa.Column("request_key", sa.String(200), nullable=True, unique=True),
     sa.Column("principal", sa.String(256), nullable=False),
+    sa.Column("origin_request_id", sa.String(128), nullable=True),
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("cancel_requested", sa.Boolean, nullable=False),
     sa.Column("lease_owner", sa.String(128), nullable=True),
@@ -150,4 +151,55 @@ operation_steps = sa.Table(
     sa.Column("result", JSONDocument, nullable=True),
     sa.Column("error", JSONDocument, nullable=True),
     sa.Index("ix_operation_steps_operation_id", "operation_id", "id"),
+)
+
+# API tokens for automation: only a SHA-256 of the secret is kept; the secret is shown once.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("project_id", ID, nullable=True),  # NULL: a global admin token
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("hint", sa.String(16), nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Index("ix_api_tokens_project_id", "project_id", "id"),
+)
+
+# Who holds which role in a project: a principal ("oidc:…#sub", "token:…") or a group ("group:/team").
+role_bindings = sa.Table(
+    "role_bindings",
+    metadata,
+    sa.Column("project_id", ID, sa.ForeignKey("resources.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("subject", sa.String(256), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_role_bindings_subject", "subject"),
+)
+
+# Append-only: the migration adds triggers that refuse UPDATE and DELETE.
+audit_records = sa.Table(
+    "audit_records",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("principal", sa.String(256), nullable=False),
+    sa.Column("project_id", ID, nullable=True),
+    sa.Column("action", sa.String(128), nullable=False),
+    sa.Column("resource_kind", sa.String(64), nullable=True),
+    sa.Column("resource_id", sa.String(128), nullable=True),
+    sa.Column("result", sa.String(16), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("source", sa.String(64), nullable=True),
+    sa.Column("details", JSONDocument, nullable=False),
+    sa.Index("ix_audit_records_project_id", "project_id", "id"),
+    sa.Index("ix_audit_records_principal", "principal", "id"),
+    sa.Index("ix_audit_records_resource_id", "resource_id", "id"),
 )

@@ -1,0 +1,140 @@
+"""Who may call what: one table of rules, enforced for every route by one dependency.
+
+Each API route names the role it needs and how to find the project it acts on. A caller with no
+role in that project gets 404 (the project might as well not exist); a caller who can see it but
+whose role is too low gets 403. Routes missing from the table are refused: the app checks at
+start-up that every route has a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlalchemy.engine import Connection
+
+from sovra.auth.context import RequestContext
+from sovra.domain.errors import Forbidden, NotFound
+from sovra.domain.identity import Role
+from sovra.domain.project import PROJECT_KIND
+from sovra.store import operations as operation_store
+from sovra.store import resources as resource_store
+from sovra.store import tokens as token_store
+
+
+class Scope(Enum):
+    PUBLIC = "public"  # no credential needed (health, metrics)
+    CALLER = "caller"  # any authenticated caller; the handler shows only what the caller may see
+    GLOBAL = "global"  # not tied to a project: only the role itself counts (admin)
+    PROJECT = "project"  # the path parameter is a project id
+    RESOURCE = "resource"  # the path parameter is a resource id; its project counts
+    OPERATION = "operation"  # the path parameter is an operation id; its project counts
+    TOKEN = "token"  # the path parameter is an API token id; its creator may act too
+
+
+@dataclass(frozen=True)
+class Rule:
+    role: Role
+    scope: Scope
+    param: str | None = None
+
+
+R, M, G, A = Role.READER, Role.MEMBER, Role.MANAGER, Role.ADMIN
+
+RULES: Mapping[tuple[str, str], Rule] = {
+    ("GET", "/healthz"): Rule(R, Scope.PUBLIC),
+    ("GET", "/readyz"): Rule(R, Scope.PUBLIC),
+    ("GET", "/metrics"): Rule(R, Scope.PUBLIC),
+    ("GET", "/v1/whoami"): Rule(R, Scope.CALLER),
+    # projects
+    ("GET", "/v1/projects"): Rule(R, Scope.CALLER),
+    ("POST", "/v1/projects"): Rule(A, Scope.GLOBAL),
+    ("GET", "/v1/projects/{project_id}"): Rule(R, Scope.PROJECT, "project_id"),
+    ("PATCH", "/v1/projects/{project_id}"): Rule(G, Scope.PROJECT, "project_id"),
+    ("DELETE", "/v1/projects/{project_id}"): Rule(A, Scope.GLOBAL),
+    ("GET", "/v1/projects/{project_id}/teardown-order"): Rule(R, Scope.PROJECT, "project_id"),
+    # members and tokens
+    ("GET", "/v1/projects/{project_id}/members"): Rule(G, Scope.PROJECT, "project_id"),
+    ("PUT", "/v1/projects/{project_id}/members/{subject}"): Rule(G, Scope.PROJECT, "project_id"),
+    ("DELETE", "/v1/projects/{project_id}/members/{subject}"): Rule(G, Scope.PROJECT, "project_id"),
+    ("GET", "/v1/projects/{project_id}/tokens"): Rule(R, Scope.PROJECT, "project_id"),
+    ("POST", "/v1/projects/{project_id}/tokens"): Rule(R, Scope.PROJECT, "project_id"),
+    ("GET", "/v1/tokens"): Rule(R, Scope.CALLER),
+    ("POST", "/v1/tokens"): Rule(A, Scope.GLOBAL),
+    ("DELETE", "/v1/tokens/{token_id}"): Rule(G, Scope.TOKEN, "token_id"),
+    # operations
+    ("GET", "/v1/operations"): Rule(R, Scope.CALLER),
+    ("GET", "/v1/operations/{operation_id}"): Rule(R, Scope.OPERATION, "operation_id"),
+    ("POST", "/v1/operations/{operation_id}:cancel"): Rule(M, Scope.OPERATION, "operation_id"),
+    # graph
+    ("POST", "/v1/edges"): Rule(A, Scope.GLOBAL),
+    ("DELETE", "/v1/edges/{source_id}/{edge_type}/{target_id}"): Rule(A, Scope.GLOBAL),
+    ("GET", "/v1/resources/{resource_id}/edges"): Rule(R, Scope.RESOURCE, "resource_id"),
+    ("GET", "/v1/resources/{resource_id}/dependents"): Rule(R, Scope.RESOURCE, "resource_id"),
+    ("GET", "/v1/resources/{resource_id}/dependencies"): Rule(R, Scope.RESOURCE, "resource_id"),
+    # audit
+    ("GET", "/v1/audit"): Rule(R, Scope.CALLER),
+}
+
+
+def rule_for(method: str, path: str) -> Rule | None:
+    return RULES.get((method, path))
+
+
+def missing_rules(routes: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Routes that have no rule: the app refuses to start with any."""
+    return sorted(route for route in routes if route not in RULES)
+
+
+def _project_of(conn: Connection, rule: Rule, value: str) -> tuple[str | None, str | None]:
+    """(project id, creator) of what the path parameter names; NotFound if it does not exist."""
+    if rule.scope == Scope.PROJECT:
+        return resource_store.get(conn, value, kind=PROJECT_KIND).id, None
+    if rule.scope == Scope.RESOURCE:
+        resource = resource_store.get(conn, value)
+        return (resource.id if resource.kind == PROJECT_KIND else resource.project_id), None
+    if rule.scope == Scope.OPERATION:
+        return operation_store.get(conn, value).project_id, None
+    token = token_store.get(conn, value)
+    return token.project_id, token.created_by
+
+
+def authorize(
+    ctx: RequestContext, rule: Rule, path_params: Mapping[str, str], conn: Connection
+) -> str | None:
+    """Raise unless ``ctx`` may do what ``rule`` guards; returns the project acted on, if any."""
+    if rule.scope in (Scope.PUBLIC, Scope.CALLER):
+        return None
+    if rule.scope == Scope.GLOBAL:
+        if not ctx.is_admin and rule.role > Role.READER:
+            raise Forbidden(f"this needs the {rule.role} role, which {ctx.display_name} does not hold")
+        return None
+    assert rule.param is not None
+    project_id, creator = _project_of(conn, rule, path_params[rule.param])
+    if ctx.is_admin:
+        return project_id
+    if creator is not None and creator == ctx.principal:
+        return project_id  # callers may always manage their own tokens
+    held = ctx.role_in(project_id)
+    if held is None:
+        raise NotFound(f"{path_params[rule.param]!r} not found")
+    if held < rule.role:
+        raise Forbidden(
+            f"this needs the {rule.role} role in project {project_id}; {ctx.display_name} is {held}"
+        )
+    return project_id
+
+
+def ensure_can_grant(ctx: RequestContext, project_id: str | None, role: Role) -> None:
+    """Nobody hands out more than they hold: a token or a binding carries at most the caller's role."""
+    held = ctx.role_in(project_id)
+    if held is None or role > held:
+        raise Forbidden(f"cannot grant {role}: {ctx.display_name} holds {held or 'no role'} here")
+    if role == Role.ADMIN and project_id is not None:
+        raise Forbidden("admin is a global role; project roles are reader, member and manager")
+
+
+def can_see_all_tokens(ctx: RequestContext, project_id: str) -> bool:
+    held = ctx.role_in(project_id)
+    return held is not None and held >= Role.MANAGER
