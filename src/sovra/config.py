@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sovra.auth.oidc import OidcIssuerConfig
+
 DEFAULT_PORT = 8790
 
 
@@ -36,6 +38,9 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(default=50.0, gt=0, description="Sustained requests per principal.")
     rate_limit_burst: int = Field(default=200, gt=0, description="Requests a principal may burst.")
     token_max_days: int = Field(default=365, gt=0, description="Longest lifetime of an API token.")
+    oidc_issuers: list[OidcIssuerConfig] = Field(
+        default_factory=list, description="Trusted OIDC issuers (JSON list in SOVRA_OIDC_ISSUERS)."
+    )
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register operation handlers."
     )

@@ -13,6 +13,7 @@ import uvicorn
 from sovra.api.app import create_app
 from sovra.auth import secrets as auth_secrets
 from sovra.auth.authenticate import TokenVerifier
+from sovra.auth.oidc import OidcVerifier
 from sovra.config import Settings
 from sovra.domain.identity import Role
 from sovra.operations.engine import Worker, run_workers
@@ -39,8 +40,8 @@ def open_database(settings: Settings) -> Database:
 
 
 def oidc_verifier(settings: Settings) -> TokenVerifier | None:
-    """The OIDC verifier for the configured issuers, or None when none is configured."""
-    return None
+    """One verifier per process (it caches the issuers' keys), or None when no issuer is configured."""
+    return OidcVerifier(settings.oidc_issuers) if settings.oidc_issuers else None
 
 
 def bootstrap_admin_token(settings: Settings, db: Database) -> str | None:

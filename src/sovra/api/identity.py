@@ -64,7 +64,7 @@ def list_members(project_id: str, ctx: Context, db: DB) -> MemberList:
         return MemberList(items=bindings.of_project(conn, project_id))
 
 
-@router.put("/projects/{project_id}/members/{subject}", response_model=RoleBinding)
+@router.put("/projects/{project_id}/members/{subject:path}", response_model=RoleBinding)
 def put_member(project_id: str, subject: Subject, body: MemberRole, ctx: Context, db: DB) -> RoleBinding:
     """Give a principal or a group a role in the project (replacing the one it had)."""
     if not (subject.startswith(bindings.GROUP_PREFIX) or ":" in subject):
@@ -78,7 +78,7 @@ def put_member(project_id: str, subject: Subject, body: MemberRole, ctx: Context
         return bindings.put(conn, project_id, subject, role, ctx.principal)
 
 
-@router.delete("/projects/{project_id}/members/{subject}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/projects/{project_id}/members/{subject:path}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_member(project_id: str, subject: Subject, ctx: Context, db: DB) -> Response:
     with db.write() as conn:
         bindings.remove(conn, project_id, subject)

@@ -176,7 +176,7 @@ class _IssuerState:
 class OidcVerifier:
     """Verifies bearer tokens from the configured issuers. Thread-safe; build one per process.
 
-    ``cache_seconds``: how long a fetched JWKS is used before a background-style refresh is tried.
+    ``cache_seconds``: how long a fetched JWKS is used before one request refreshes it (others go on).
     ``refresh_interval``: minimum time between two fetch attempts per issuer, so tokens with made-up
     ``kid`` values cannot make Sovra hammer the provider. ``max_stale_seconds``: how long past
     ``cache_seconds`` a key set may still be used while the provider cannot be reached.

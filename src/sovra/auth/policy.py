@@ -56,8 +56,8 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("GET", "/v1/projects/{project_id}/teardown-order"): Rule(R, Scope.PROJECT, "project_id"),
     # members and tokens
     ("GET", "/v1/projects/{project_id}/members"): Rule(G, Scope.PROJECT, "project_id"),
-    ("PUT", "/v1/projects/{project_id}/members/{subject}"): Rule(G, Scope.PROJECT, "project_id"),
-    ("DELETE", "/v1/projects/{project_id}/members/{subject}"): Rule(G, Scope.PROJECT, "project_id"),
+    ("PUT", "/v1/projects/{project_id}/members/{subject:path}"): Rule(G, Scope.PROJECT, "project_id"),
+    ("DELETE", "/v1/projects/{project_id}/members/{subject:path}"): Rule(G, Scope.PROJECT, "project_id"),
     ("GET", "/v1/projects/{project_id}/tokens"): Rule(R, Scope.PROJECT, "project_id"),
     ("POST", "/v1/projects/{project_id}/tokens"): Rule(R, Scope.PROJECT, "project_id"),
     ("GET", "/v1/tokens"): Rule(R, Scope.CALLER),
