@@ -30,7 +30,13 @@ class Condition(BaseModel):
 
 
 class Status(BaseModel):
-    """Output only: what Sovra observed about a resource."""
+    """Output only: what Sovra observed about a resource.
+
+    Kinds add their own observed facts as extra fields (e.g. an image version's digest and size);
+    they are stored and returned as they are.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     state: str
     conditions: list[Condition] = Field(default_factory=list)
@@ -47,6 +53,7 @@ class Resource(BaseModel):
     kind: str
     name: str
     project_id: str | None
+    public: bool = False
     labels: dict[str, str]
     spec: dict[str, Any]
     status: Status

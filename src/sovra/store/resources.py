@@ -31,6 +31,7 @@ def _to_resource(row: RowMapping) -> Resource:
         kind=row["kind"],
         name=row["name"],
         project_id=row["project_id"],
+        public=row["public"],
         labels=row["labels"],
         spec=row["spec"],
         status=Status.model_validate(row["status"]),
@@ -65,6 +66,7 @@ def create(
     state: str,
     resource_id: str | None = None,
     status: Status | None = None,
+    public: bool = False,
 ) -> Resource:
     now = utcnow()
     new = resource_id or new_id()
@@ -73,6 +75,7 @@ def create(
         "kind": kind,
         "name": name,
         "project_id": project_id,
+        "public": public,
         "labels": labels,
         "spec": spec,
         "status": (status or Status(state=state)).model_dump(mode="json"),
@@ -109,13 +112,21 @@ def get(
     if kind is not None:
         query = query.where(resources.c.kind == kind)
     if project_ids is not None:
-        query = query.where(sa.or_(resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids)))
+        query = query.where(_visible(project_ids))
     if for_update:
         query = query.with_for_update()
     row = conn.execute(query).mappings().first()
     if row is None:
         raise NotFound(f"{kind or 'resource'} {resource_id!r} not found")
     return _to_resource(row)
+
+
+def _visible(project_ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    """What a caller with roles in ``project_ids`` may read: its projects, their resources, and
+    anything public."""
+    return sa.or_(
+        resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids), resources.c.public.is_(True)
+    )
 
 
 def _label_clause(req: Requirement) -> sa.ColumnElement[bool]:
@@ -150,7 +161,7 @@ def list_page(
     after = decode_token(page_token, fingerprint)
     query = sa.select(resources).where(resources.c.kind == kind)
     if project_ids is not None:
-        query = query.where(sa.or_(resources.c.project_id.in_(project_ids), resources.c.id.in_(project_ids)))
+        query = query.where(_visible(project_ids))
     if scope_project_id is not None:
         query = query.where(resources.c.project_id == scope_project_id)
     if name is not None:
@@ -236,6 +247,12 @@ def update_status(conn: Connection, resource_id: str, change: Callable[[Status],
         )
     )
     return current.model_copy(update={"status": status, "version": current.version + 1})
+
+
+def set_public(conn: Connection, resource_ids: Sequence[str], public: bool) -> None:
+    """Publish or unpublish (visibility is not part of the user's spec versioning)."""
+    if resource_ids:
+        conn.execute(sa.update(resources).where(resources.c.id.in_(resource_ids)).values(public=public))
 
 
 def delete(conn: Connection, resource_ids: Sequence[str]) -> int:

@@ -23,6 +23,8 @@ resources = sa.Table(
     sa.Column("kind", sa.String(64), nullable=False),
     sa.Column("name", sa.String(63), nullable=False),
     sa.Column("project_id", ID, nullable=True),
+    # readable by every project (public images); writes still need a role in project_id
+    sa.Column("public", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("labels", JSONDocument, nullable=False),
     sa.Column("spec", JSONDocument, nullable=False),
     sa.Column("status", JSONDocument, nullable=False),
