@@ -41,9 +41,17 @@ class Settings(BaseSettings):
     oidc_issuers: list[OidcIssuerConfig] = Field(
         default_factory=list, description="Trusted OIDC issuers (JSON list in SOVRA_OIDC_ISSUERS)."
     )
+    blob_dir: Path | None = Field(default=None, description="Image blob store; data_dir/blobs when unset.")
+    image_max_bytes: int = Field(default=64 * 1024**3, gt=0, description="Largest image upload or import.")
+    image_max_virtual_size: int = Field(default=2 * 1024**4, gt=0, description="Largest virtual disk size.")
+    image_sha512: bool = Field(default=False, description="Also compute SHA-512 of every image.")
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register operation handlers."
     )
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to an SQLite file inside the data directory."""

@@ -87,17 +87,25 @@ def missing_rules(routes: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(route for route in routes if route not in RULES)
 
 
-def _project_of(conn: Connection, rule: Rule, value: str) -> tuple[str | None, str | None]:
-    """(project id, creator) of what the path parameter names; NotFound if it does not exist."""
+@dataclass(frozen=True)
+class _Target:
+    project_id: str | None
+    creator: str | None = None
+    public: bool = False
+
+
+def _target_of(conn: Connection, rule: Rule, value: str) -> _Target:
+    """Where what the path parameter names belongs; NotFound if it does not exist."""
     if rule.scope == Scope.PROJECT:
-        return resource_store.get(conn, value, kind=PROJECT_KIND).id, None
+        return _Target(resource_store.get(conn, value, kind=PROJECT_KIND).id)
     if rule.scope == Scope.RESOURCE:
         resource = resource_store.get(conn, value)
-        return (resource.id if resource.kind == PROJECT_KIND else resource.project_id), None
+        project_id = resource.id if resource.kind == PROJECT_KIND else resource.project_id
+        return _Target(project_id, public=resource.public)
     if rule.scope == Scope.OPERATION:
-        return operation_store.get(conn, value).project_id, None
+        return _Target(operation_store.get(conn, value).project_id)
     token = token_store.get(conn, value)
-    return token.project_id, token.created_by
+    return _Target(token.project_id, creator=token.created_by)
 
 
 def authorize(
@@ -111,19 +119,27 @@ def authorize(
             raise Forbidden(f"this needs the {rule.role} role, which {ctx.display_name} does not hold")
         return None
     assert rule.param is not None
-    project_id, creator = _project_of(conn, rule, path_params[rule.param])
+    target = _target_of(conn, rule, path_params[rule.param])
     if ctx.is_admin:
-        return project_id
-    if creator is not None and creator == ctx.principal:
-        return project_id  # callers may always manage their own tokens
-    held = ctx.role_in(project_id)
+        return target.project_id
+    if target.creator is not None and target.creator == ctx.principal:
+        return target.project_id  # callers may always manage their own tokens
+    held = ctx.role_in(target.project_id)
+    if held is None and target.public and rule.role == Role.READER:
+        return target.project_id  # public resources are readable by everyone
     if held is None:
         raise NotFound(f"{path_params[rule.param]!r} not found")
     if held < rule.role:
         raise Forbidden(
-            f"this needs the {rule.role} role in project {project_id}; {ctx.display_name} is {held}"
+            f"this needs the {rule.role} role in project {target.project_id}; {ctx.display_name} is {held}"
         )
-    return project_id
+    return target.project_id
+
+
+def ensure_can_publish(ctx: RequestContext) -> None:
+    """Public resources are seen by every tenant: only admins (the provider) publish."""
+    if not ctx.is_admin:
+        raise Forbidden("only admins make resources public; ask your cloud provider to publish it")
 
 
 def ensure_can_grant(ctx: RequestContext, project_id: str | None, role: Role) -> None:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sovra.config import Settings
 from sovra.domain.operation import Operation
 from sovra.operations.errors import Cancelled, DeadlineExceeded
 from sovra.store import operations as operation_store
@@ -19,6 +20,7 @@ class StepContext:
 
     operation: Operation
     db: Database
+    settings: Settings
     worker_id: str
     step: str
     deadline: float  # time.monotonic() value

@@ -146,7 +146,13 @@ class Worker:
     def execute(self, operation: Operation) -> None:
         handler = self.registry.get(operation.verb)
         ctx = StepContext(
-            operation=operation, db=self.db, worker_id=self.id, step="", deadline=0.0, results={}
+            operation=operation,
+            db=self.db,
+            settings=self.settings,
+            worker_id=self.id,
+            step="",
+            deadline=0.0,
+            results={},
         )
         if operation.cancel_requested:
             ctx.cancelled.set()
@@ -316,17 +322,30 @@ class Worker:
         *,
         result: Any = None,
         error: ErrorInfo | None = None,
-        conn: Any = None,
+        conn: Connection | None = None,
     ) -> None:
         if conn is None:
             with self.db.write() as own:
-                operation_store.finish(own, operation.id, self.id, state, result=result, error=error)
+                self._finish_in(own, operation, state, result, error)
         else:
-            operation_store.finish(conn, operation.id, self.id, state, result=result, error=error)
+            self._finish_in(conn, operation, state, result, error)
         metrics.OPERATIONS_FINISHED.labels(operation.verb, str(state)).inc()
         metrics.OPERATION_DURATION.labels(operation.verb).observe(
             (utcnow() - operation.created_at).total_seconds()
         )
+
+    def _finish_in(
+        self,
+        conn: Connection,
+        operation: Operation,
+        state: OperationState,
+        result: Any,
+        error: ErrorInfo | None,
+    ) -> None:
+        ended = operation_store.finish(conn, operation.id, self.id, state, result=result, error=error)
+        hook = self.registry.get(operation.verb).on_end
+        if hook is not None and state != OperationState.SUCCEEDED:
+            hook(conn, ended)
 
 
 def run_workers(

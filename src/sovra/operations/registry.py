@@ -12,9 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from sovra.domain.operation import Operation
     from sovra.operations.context import StepContext
 
 StepFunction = Callable[["StepContext"], Any]
+EndHook = Callable[["Connection", "Operation"], None]
+"""Runs in the transaction that ends an operation as FAILED or CANCELLED: put the target back in a
+state that tells the truth (e.g. an image version that failed its boot test becomes ``failed``)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class Step:
 class Handler:
     verb: str
     steps: tuple[Step, ...]
+    on_end: EndHook | None = None
 
 
 class UnknownVerb(KeyError):
@@ -43,12 +50,12 @@ class Registry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
-    def register(self, verb: str, steps: Iterable[Step]) -> None:
+    def register(self, verb: str, steps: Iterable[Step], on_end: EndHook | None = None) -> None:
         steps = tuple(steps)
         names = [s.name for s in steps]
         if not steps or len(set(names)) != len(names):
             raise ValueError(f"handler {verb!r} needs at least one step and unique step names")
-        self._handlers[verb] = Handler(verb, steps)
+        self._handlers[verb] = Handler(verb, steps, on_end)
 
     def get(self, verb: str) -> Handler:
         try:
