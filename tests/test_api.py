@@ -299,3 +299,11 @@ def test_a_use_that_appears_after_the_request_still_blocks_and_keeps_the_project
         assert other["id"] in done["error"]["message"]
         kept = client.get(f"/v1/projects/{project['id']}").json()
         assert (kept["status"]["state"], kept["status"]["operation_id"]) == ("ACTIVE", None)
+
+
+def test_audit_times_without_a_zone_are_utc_and_creations_carry_their_project(client: httpx.Client) -> None:
+    project = _create(client, "audited")
+    naive = client.get("/v1/audit", params={"since": "2000-01-01T00:00:00", "project_id": project["id"]})
+    assert naive.status_code == 200, naive.text
+    created = [r for r in naive.json()["items"] if r["action"] == "create_project"]
+    assert [(r["resource_id"], r["project_id"]) for r in created] == [(project["id"], project["id"])]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -29,7 +29,11 @@ def list_audit(
     page_size: PageSize = 100,
     page_token: PageToken = None,
 ) -> ListResponse[AuditRecord]:
-    """Newest first. Tenants see the records of their projects only; admins see everything."""
+    """Newest first. Tenants see the records of their projects only; admins see everything.
+    Times without a zone are taken as UTC."""
+    since, until = (
+        t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t for t in (since, until)
+    )
     with db.read() as conn:
         page = audit.list_page(
             conn,

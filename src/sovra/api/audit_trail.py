@@ -50,7 +50,8 @@ def _target(
         if part in _KINDS:
             kind = _KINDS[part]
             following = parts[index + 1] if index + 1 < len(parts) else ""
-            name = following.strip("{}").split("}")[0] if following.startswith("{") else None
+            # "{subject:path}" names the parameter "subject"
+            name = following.strip("{}").split(":")[0] if following.startswith("{") else None
             resource_id = path_params.get(name) if name else None
     if resource_id is None and location:
         resource_id = next((seg for seg in reversed(location.split("/")) if is_id(seg)), None)
@@ -73,7 +74,7 @@ def write(
             audit.record(
                 conn,
                 principal=note.principal,
-                project_id=note.project_id,
+                project_id=note.project_id or (resource_id if kind == "Project" else None),
                 action=getattr(route, "name", None) or f"{note.method} {note.path}",
                 resource_kind=kind,
                 resource_id=resource_id,

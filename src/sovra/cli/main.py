@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from sovra.cli import operations, projects, services
+from sovra.cli import audit, identity, operations, projects, services
+from sovra.cli.output import CommandGroup
 
 app = typer.Typer(
+    cls=CommandGroup,  # top-level commands (login, whoami, audit) report errors like the groups
     name="sovra",
     help="Sovra: compute control plane for sovereign IaaS clouds.",
     no_args_is_help=True,
@@ -16,6 +18,9 @@ app = typer.Typer(
 services.register(app)
 app.add_typer(projects.app, name="project")
 app.add_typer(operations.app, name="op")
+identity.register(app)
+projects.app.add_typer(identity.member_app, name="member")
+audit.register(app)
 
 
 def main() -> None:

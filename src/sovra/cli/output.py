@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -323,3 +323,114 @@ def operation_panel(operation: Record) -> RenderableType:
         rows.append(("result", escape(_shorten(json.dumps(operation["result"]), 300))))
     panel = fields_panel(f"Operation {operation['id']}", rows, [])
     return Group(panel, steps_table(operation["steps"])) if operation.get("steps") else panel
+
+
+# Identity: who you are, API tokens, project members, the audit trail
+
+
+def whoami_panel(me: Record, project_names: Mapping[str, str] | None = None) -> RenderableType:
+    """The caller: principal, admin or not, and the role held in each project (named when known)."""
+    names = project_names or {}
+    rows: list[tuple[str, RenderableType]] = [
+        ("principal", escape(me["principal"])),
+        ("name", escape(me["display_name"])),
+        ("admin", "yes (every role in every project)" if me["is_admin"] else "no"),
+    ]
+    if me.get("token_id"):
+        rows.append(("token id", me["token_id"]))
+    extra: list[RenderableType] = []
+    if me["roles"]:
+        roles = table("PROJECT", "ID", "ROLE", title="Roles")
+        for project_id, role in sorted(me["roles"].items(), key=lambda item: names.get(item[0], item[0])):
+            roles.add_row(escape(names.get(project_id, "")), project_id, role)
+        extra.append(roles)
+    elif not me["is_admin"]:
+        rows.append(("roles", Text("none: no project is visible to you yet", style="dim")))
+    return fields_panel(f"Signed in as {escape(me['display_name'])}", rows, extra)
+
+
+TOKEN_STATE_STYLES = {"ACTIVE": "green", "REVOKED": "red", "EXPIRED": "magenta"}
+
+
+def token_state(token: Record, now: datetime | None = None) -> str:
+    """ACTIVE, REVOKED or EXPIRED (at ``now``, by default the current time)."""
+    if token.get("revoked_at"):
+        return "REVOKED"
+    expires = datetime.fromisoformat(token["expires_at"])
+    return "EXPIRED" if expires <= (now or datetime.now(UTC)) else "ACTIVE"
+
+
+def _token_state_text(token: Record) -> Text:
+    state = token_state(token)
+    return Text(state, style=TOKEN_STATE_STYLES[state])
+
+
+def token_table(tokens: list[Record]) -> RenderableType:
+    """API tokens; never their secrets (the API does not have them)."""
+    if not tokens:
+        return Text("No tokens.", style="dim")
+    result = table(
+        "NAME", "ID", "ROLE", "STATE", "PROJECT ID?", "HINT?", "EXPIRES?", "LAST USED?", "CREATED BY?"
+    )
+    for t in tokens:
+        result.add_row(
+            escape(t["name"]),
+            t["id"],
+            t["role"],
+            _token_state_text(t),
+            t.get("project_id") or "(global)",
+            escape(f"sovra_{t['hint']}…"),
+            when(t["expires_at"]),
+            when(t.get("last_used_at")),
+            escape(t["created_by"]),
+        )
+    return result
+
+
+def token_panel(token: Record) -> RenderableType:
+    """One token's record (without its secret: ``sovra token create`` prints that apart)."""
+    rows: list[tuple[str, RenderableType]] = [
+        ("id", token["id"]),
+        ("name", escape(token["name"])),
+        ("project", token.get("project_id") or "(global)"),
+        ("role", token["role"]),
+        ("state", _token_state_text(token)),
+        ("expires", when(token["expires_at"])),
+        ("created by", escape(token["created_by"])),
+        ("created", when(token["created_at"])),
+    ]
+    if token.get("revoked_at"):
+        rows.append(("revoked", when(token["revoked_at"])))
+    return fields_panel(f"Token {escape(token['name'])}", rows, [])
+
+
+def member_table(members: list[Record]) -> RenderableType:
+    if not members:
+        return Text("No members.", style="dim")
+    result = table("SUBJECT", "ROLE", "GRANTED BY?", "SINCE?")
+    for m in members:
+        result.add_row(escape(m["subject"]), m["role"], escape(m["created_by"]), when(m["created_at"]))
+    return result
+
+
+AUDIT_RESULT_STYLES = {"success": "green", "denied": "yellow", "failure": "red"}
+
+
+def audit_table(records: list[Record]) -> RenderableType:
+    """Audit records as the API gives them (newest first)."""
+    if not records:
+        return Text("No audit records.", style="dim")
+    result = table("TIME", "PRINCIPAL", "ACTION", "RESOURCE", "RESULT", "STATUS", "SOURCE?")
+    result.columns[0].no_wrap = True  # a timestamp folded in two is hard to read
+    for r in records:
+        resource = " ".join(part for part in (r.get("resource_kind"), r.get("resource_id")) if part)
+        result.add_row(
+            when(r["time"]),
+            escape(r["principal"]),
+            escape(r["action"]),
+            escape(resource),
+            Text(r["result"], style=AUDIT_RESULT_STYLES.get(r["result"], "")),
+            str(r.get("status_code") or ""),
+            escape(r.get("source") or ""),
+        )
+    return result
