@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(default=64 * 1024**3, gt=0, description="Largest image upload or import.")
     image_max_virtual_size: int = Field(default=2 * 1024**4, gt=0, description="Largest virtual disk size.")
     image_sha512: bool = Field(default=False, description="Also compute SHA-512 of every image.")
+    import_allowed_schemes: list[str] = Field(default_factory=lambda: ["https", "http"])
+    import_allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
+    import_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Private networks image imports may reach anyway (e.g. an internal mirror's CIDR).",
+    )
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register operation handlers."
     )

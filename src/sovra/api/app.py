@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sovra
 from sovra import metrics
-from sovra.api import audit, graph, health, identity, operations, problems, projects, tokens
+from sovra.api import audit, graph, health, identity, images, operations, problems, projects, tokens
 from sovra.api.audit_trail import MUTATING, AuditNote
 from sovra.api.audit_trail import write as write_audit
 from sovra.api.deps import request_id_of
@@ -24,6 +25,8 @@ from sovra.auth import policy
 from sovra.auth.authenticate import Authenticator, TokenVerifier
 from sovra.auth.ratelimit import RateLimiter
 from sovra.config import Settings
+from sovra.domain.errors import PayloadTooLarge
+from sovra.images.blobstore import LocalBlobStore
 from sovra.store.database import Database
 
 
@@ -38,8 +41,7 @@ class _ProcessAndStore(Collector):
         yield from self._operations.collect()
 
 
-class _BodyTooLarge(Exception):
-    pass
+_UPLOAD_PATH = re.compile(r"^/v1/images/[^/]+/versions/[^/]+/file$")
 
 
 class RequestMiddleware:
@@ -49,10 +51,15 @@ class RequestMiddleware:
     Plain ASGI rather than ``BaseHTTPMiddleware``: it adds no task or copy per request.
     """
 
-    def __init__(self, app: ASGIApp, db: Database, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, db: Database, max_body_bytes: int, max_upload_bytes: int) -> None:
         self.app = app
         self.db = db
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    def _limit_for(self, path: str) -> int:
+        """JSON bodies are small; image uploads (streamed, never buffered) have their own cap."""
+        return self.max_upload_bytes if _UPLOAD_PATH.match(path) else self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,37 +77,30 @@ class RequestMiddleware:
             state["audit"] = note
         started = time.perf_counter()
         status, location = 500, None
-        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, location, response_started
+            nonlocal status, location
             if message["type"] == "http.response.start":
-                response_started = True
                 status = message["status"]
                 headers = message.setdefault("headers", [])
                 location = next((v.decode() for k, v in headers if k == b"location"), None)
                 headers.append((b"x-request-id", request_id.encode()))
             await send(message)
 
+        limit = self._limit_for(scope["path"])
         try:
             declared = int(request.headers.get("content-length") or 0)
         except ValueError:
             declared = 0
         try:
-            if declared > self.max_body_bytes:
-                raise _BodyTooLarge
-            await self.app(scope, self._limited(receive), send_with_id)
-        except _BodyTooLarge:
-            if response_started:
-                raise
-            status = 413
-            response = problems.standalone_problem(
-                413,
-                "Payload too large",
-                f"the request body is larger than {self.max_body_bytes} bytes",
-                scope["path"],
-            )
-            await response(scope, receive, send_with_id)
+            if declared > limit:
+                status = 413
+                response = problems.standalone_problem(
+                    413, "Payload too large", _too_large(limit), scope["path"]
+                )
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, self._limited(receive, limit), send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -112,7 +112,9 @@ class RequestMiddleware:
                     write_audit, self.db, note, route, scope.get("path_params", {}), status, location
                 )
 
-    def _limited(self, receive: Receive) -> Receive:
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
+        """Count what a body without (or with a lying) Content-Length really sends."""
         seen = 0
 
         async def receive_limited() -> Message:
@@ -120,11 +122,15 @@ class RequestMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise _BodyTooLarge
+                if seen > limit:
+                    raise PayloadTooLarge(_too_large(limit))
             return message
 
         return receive_limited
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than the limit of {limit} bytes"
 
 
 def _check_every_route_has_a_rule(app: FastAPI) -> None:
@@ -154,9 +160,15 @@ def create_app(settings: Settings, db: Database, oidc: TokenVerifier | None = No
     registry = CollectorRegistry(auto_describe=False)  # describing would query the DB now
     registry.register(_ProcessAndStore(db))
     app.state.metrics_registry = registry
+    app.state.blobs = LocalBlobStore(settings.resolved_blob_dir)
     problems.install(app)
-    for module in (projects, tokens, identity, operations, graph, audit, health):
+    for module in (projects, tokens, identity, images, operations, graph, audit, health):
         app.include_router(module.router)
     _check_every_route_has_a_rule(app)
-    app.add_middleware(RequestMiddleware, db=db, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        db=db,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.image_max_bytes,
+    )
     return app

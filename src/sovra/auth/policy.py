@@ -75,6 +75,18 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("GET", "/v1/resources/{resource_id}/dependencies"): Rule(R, Scope.RESOURCE, "resource_id"),
     # audit
     ("GET", "/v1/audit"): Rule(R, Scope.CALLER),
+    # images
+    ("GET", "/v1/images"): Rule(R, Scope.CALLER),
+    ("POST", "/v1/projects/{project_id}/images"): Rule(M, Scope.PROJECT, "project_id"),
+    ("GET", "/v1/images/{image_id}"): Rule(R, Scope.RESOURCE, "image_id"),
+    ("PATCH", "/v1/images/{image_id}"): Rule(M, Scope.RESOURCE, "image_id"),
+    ("DELETE", "/v1/images/{image_id}"): Rule(M, Scope.RESOURCE, "image_id"),
+    ("GET", "/v1/images/{image_id}/versions"): Rule(R, Scope.RESOURCE, "image_id"),
+    ("POST", "/v1/images/{image_id}/versions"): Rule(M, Scope.RESOURCE, "image_id"),
+    ("GET", "/v1/images/{image_id}/versions/{version_id}"): Rule(R, Scope.RESOURCE, "version_id"),
+    ("DELETE", "/v1/images/{image_id}/versions/{version_id}"): Rule(M, Scope.RESOURCE, "version_id"),
+    ("GET", "/v1/images/{image_id}/versions/{version_id}/file"): Rule(R, Scope.RESOURCE, "version_id"),
+    ("PUT", "/v1/images/{image_id}/versions/{version_id}/file"): Rule(M, Scope.RESOURCE, "version_id"),
 }
 
 
@@ -125,8 +137,12 @@ def authorize(
     if target.creator is not None and target.creator == ctx.principal:
         return target.project_id  # callers may always manage their own tokens
     held = ctx.role_in(target.project_id)
-    if held is None and target.public and rule.role == Role.READER:
-        return target.project_id  # public resources are readable by everyone
+    if held is None and target.public:
+        if rule.role == Role.READER:
+            return target.project_id  # public resources are readable by everyone
+        raise Forbidden(
+            f"{path_params[rule.param]!r} is public: everyone may read it, only its project change it"
+        )
     if held is None:
         raise NotFound(f"{path_params[rule.param]!r} not found")
     if held < rule.role:

@@ -59,13 +59,6 @@ class PreconditionFailed(SovraError):
     title = "Precondition failed"
 
 
-class ImageRefused(SovraError):
-    """Untrusted image bytes failed a check; ``code`` and ``check`` say which."""
-
-    status = 422
-    title = "Image refused"
-
-
 class PayloadTooLarge(SovraError):
     status = 413
     title = "Payload too large"

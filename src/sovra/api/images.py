@@ -1,0 +1,510 @@
+"""/v1/images: image lines, their versions, uploads and downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, parse_if_match
+from sovra.api.problems import PROBLEM_RESPONSES
+from sovra.api.schemas import ListResponse
+from sovra.auth import policy
+from sovra.auth.context import RequestContext
+from sovra.domain.errors import Conflict, InvalidArgument, NotFound
+from sovra.domain.image import (
+    IMAGE_KIND,
+    IMAGE_VERSION_KIND,
+    ImageSpec,
+    ImageVersionSpec,
+    UrlSource,
+    VersionFacts,
+    VersionState,
+    Visibility,
+    validate_image_name,
+    validate_version,
+)
+from sovra.domain.labels import parse_selector, validate_labels
+from sovra.domain.operation import Operation
+from sovra.domain.resource import Resource, Status
+from sovra.images import versions
+from sovra.images.blobstore import BlobStore
+from sovra.images.ingest import Ingest, IngestResult
+from sovra.images.inspection import ImageRejected, InspectionPolicy
+from sovra.images.pipeline import IMPORT_VERB, PREPARE_VERB
+from sovra.store import graph
+from sovra.store import operations as operation_store
+from sovra.store import resources as resource_store
+from sovra.store.database import Database
+
+router = APIRouter(prefix="/v1", tags=["images"], responses=PROBLEM_RESPONSES)
+Labels = dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]]
+CHUNK = 1024 * 1024
+
+
+class ImageCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=40)
+    labels: Labels = Field(default_factory=dict)
+    spec: ImageSpec = Field(default_factory=ImageSpec)
+
+
+class ImagePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: Labels | None = None
+    spec: ImageSpec | None = None
+
+
+class Image(BaseModel):
+    id: str
+    kind: str = IMAGE_KIND
+    name: str
+    project_id: str | None
+    labels: dict[str, str]
+    spec: ImageSpec
+    status: Status
+    generation: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, resource: Resource) -> Image:
+        return cls(
+            **resource.model_dump(exclude={"kind", "spec", "public"}),
+            spec=ImageSpec.model_validate(resource.spec),
+        )
+
+
+class ImageVersion(BaseModel):
+    id: str
+    kind: str = IMAGE_VERSION_KIND
+    name: str
+    image_id: str
+    project_id: str | None
+    spec: ImageVersionSpec
+    state: VersionState
+    facts: VersionFacts
+    operation_id: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, resource: Resource) -> ImageVersion:
+        spec = dict(resource.spec)
+        image_id = spec.pop("image_id")
+        return cls(
+            id=resource.id,
+            name=resource.name,
+            image_id=image_id,
+            project_id=resource.project_id,
+            spec=ImageVersionSpec.model_validate(spec),
+            state=VersionState(resource.status.state),
+            facts=versions.facts_of(resource),
+            operation_id=resource.status.operation_id,
+            version=resource.version,
+            created_at=resource.created_at,
+            updated_at=resource.updated_at,
+        )
+
+
+def _blobs(request: Request) -> BlobStore:
+    store: BlobStore = request.app.state.blobs
+    return store
+
+
+def _version_of_image(db: Database, ctx: RequestContext, image_id: str, version_id: str) -> Resource:
+    with db.read() as conn:
+        version = resource_store.get(conn, version_id, kind=IMAGE_VERSION_KIND, project_ids=ctx.project_ids)
+    if version.spec.get("image_id") != image_id:
+        raise NotFound(f"image {image_id} has no version {version_id!r}")
+    return version
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+@router.post("/projects/{project_id}/images", status_code=status.HTTP_201_CREATED, response_model=Image)
+def create_image(project_id: str, body: ImageCreate, ctx: Context, db: DB, response: Response) -> Image:
+    validate_image_name(body.name)
+    validate_labels(body.labels)
+    public = body.spec.visibility == Visibility.PUBLIC
+    if public:
+        policy.ensure_can_publish(ctx)
+    with db.write() as conn:
+        image = resource_store.create(
+            conn,
+            kind=IMAGE_KIND,
+            name=body.name,
+            project_id=project_id,
+            labels=body.labels,
+            spec=body.spec.model_dump(mode="json"),
+            state="ACTIVE",
+            public=public,
+        )
+    response.headers["Location"] = f"/v1/images/{image.id}"
+    response.headers["ETag"] = image.etag
+    return Image.of(image)
+
+
+@router.get("/images", response_model=ListResponse[Image])
+def list_images(
+    ctx: Context,
+    db: DB,
+    settings: Config,
+    project_id: Annotated[str | None, Query(max_length=36)] = None,
+    name: Annotated[str | None, Query(max_length=40)] = None,
+    label_selector: Annotated[str | None, Query(max_length=4096)] = None,
+    page_size: PageSize = 100,
+    page_token: PageToken = None,
+) -> ListResponse[Image]:
+    """Images of the caller's projects and every public image."""
+    with db.read() as conn:
+        page = resource_store.list_page(
+            conn,
+            kind=IMAGE_KIND,
+            project_ids=ctx.project_ids,
+            selector=parse_selector(label_selector),
+            page_size=min(page_size, settings.max_page_size),
+            page_token=page_token,
+            scope_project_id=project_id,
+            name=name,
+        )
+    return ListResponse[Image](items=[Image.of(r) for r in page.items], next_page_token=page.next_page_token)
+
+
+@router.get("/images/{image_id}", response_model=Image)
+def get_image(image_id: str, ctx: Context, db: DB, response: Response) -> Image:
+    with db.read() as conn:
+        image = resource_store.get(conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids)
+    response.headers["ETag"] = image.etag
+    return Image.of(image)
+
+
+@router.patch("/images/{image_id}", response_model=Image)
+def update_image(
+    image_id: str, body: ImagePatch, ctx: Context, db: DB, response: Response, if_match: IfMatch = None
+) -> Image:
+    if body.labels is not None:
+        validate_labels(body.labels)
+    with db.write() as conn:
+        current = resource_store.get(
+            conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids, for_update=True
+        )
+        expected = parse_if_match(if_match)
+        spec = None
+        if body.spec is not None:
+            spec = body.spec.model_dump(mode="json")
+            public = body.spec.visibility == Visibility.PUBLIC
+            if public != current.public:
+                policy.ensure_can_publish(ctx)
+                owned = [
+                    r.id
+                    for r in graph.dependents(conn, image_id, max_depth=1)
+                    if r.kind == IMAGE_VERSION_KIND
+                ]
+                resource_store.set_public(conn, [image_id, *owned], public)
+        image = resource_store.update(
+            conn, image_id, expected_version=expected, labels=body.labels, spec=spec
+        )
+    response.headers["ETag"] = image.etag
+    return Image.of(image)
+
+
+@router.delete("/images/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_image(image_id: str, ctx: Context, db: DB) -> Response:
+    """Only an image without versions goes at once; delete its versions first."""
+    with db.write() as conn:
+        resource_store.get(conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids, for_update=True)
+        remaining = [r for r in graph.dependents(conn, image_id, max_depth=1) if r.kind == IMAGE_VERSION_KIND]
+        if remaining:
+            raise Conflict(
+                f"image {image_id} still has {len(remaining)} version(s): "
+                + ", ".join(r.name for r in remaining[:10])
+                + "; delete them first",
+                dependents=[r.model_dump(mode="json") for r in remaining],
+            )
+        resource_store.delete(conn, [image_id])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- versions ---------------------------------------------------------------------------------
+
+
+class VersionCreate(ImageVersionSpec):
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+@router.post("/images/{image_id}/versions", status_code=status.HTTP_201_CREATED, response_model=ImageVersion)
+def create_version(
+    image_id: str, body: VersionCreate, ctx: Context, db: DB, response: Response
+) -> ImageVersion:
+    """Register a version. Upload its bytes to ``…/file``; a ``url`` source is imported by an
+    operation at once (its id is in ``operation_id``)."""
+    validate_version(body.version)
+    spec = ImageVersionSpec.model_validate(body.model_dump(exclude={"request_id"}))
+    with db.write() as conn:
+        image = resource_store.get(
+            conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids, for_update=True
+        )
+        version = versions.create_version(conn, image, spec)
+        if isinstance(spec.source, UrlSource):
+            operation_store.create(
+                conn,
+                verb=IMPORT_VERB,
+                principal=ctx.principal,
+                project_id=version.project_id,
+                target_id=version.id,
+                target_kind=IMAGE_VERSION_KIND,
+                request_id=body.request_id,
+                origin_request_id=ctx.request_id,
+            )
+            version = resource_store.get(conn, version.id)
+    response.headers["Location"] = f"/v1/images/{image_id}/versions/{version.id}"
+    return ImageVersion.of(version)
+
+
+@router.get("/images/{image_id}/versions", response_model=ListResponse[ImageVersion])
+def list_versions(image_id: str, ctx: Context, db: DB) -> ListResponse[ImageVersion]:
+    with db.read() as conn:
+        resource_store.get(conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids)
+        ids = [r.id for r in graph.dependents(conn, image_id, max_depth=1) if r.kind == IMAGE_VERSION_KIND]
+        items = [ImageVersion.of(resource_store.get(conn, i)) for i in sorted(ids)]
+    return ListResponse[ImageVersion](items=items)
+
+
+@router.get("/images/{image_id}/versions/{version_id}", response_model=ImageVersion)
+def get_version(image_id: str, version_id: str, ctx: Context, db: DB) -> ImageVersion:
+    return ImageVersion.of(_version_of_image(db, ctx, image_id, version_id))
+
+
+class _Pump:
+    """Hand request chunks to a thread that hashes, inspects and writes them, so the event loop
+    keeps receiving while the CPU work runs (hashlib releases the GIL on large buffers)."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            if self.error is None and not self.cancelled:
+                try:
+                    self.ingest.feed(chunk)
+                except BaseException as exc:
+                    self.error = exc
+
+    async def _offload(self, chunk: bytes | None) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.chunks.put, chunk)
+
+    async def put(self, chunk: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        await self._offload(chunk)
+
+    async def close(self, cancel: bool = False) -> None:
+        """Wait for the thread to finish what it was given; raise what it raised."""
+        self.cancelled = self.cancelled or cancel
+        await self._offload(None)
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join)
+        if self.error is not None and not cancel:
+            raise self.error
+
+
+async def _receive(request: Request, ingest: Ingest) -> IngestResult:
+    """Feed the request body to ``ingest`` in 1 MiB pieces; abort it on any failure."""
+    pump = _Pump(ingest)
+    buffer = bytearray()
+    try:
+        async for piece in request.stream():
+            buffer += piece
+            if len(buffer) >= CHUNK:
+                await pump.put(bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await pump.put(bytes(buffer))
+        await pump.close()
+    except BaseException:
+        if pump.thread.is_alive():
+            await pump.close(cancel=True)
+        ingest.abort()
+        raise
+    return await run_in_threadpool(ingest.finish)
+
+
+def _start_upload(db: Database, ctx: RequestContext, image_id: str, version_id: str) -> Resource:
+    version = _version_of_image(db, ctx, image_id, version_id)
+    if version.spec["source"]["type"] != "upload":
+        raise Conflict(f"version {version.name} is imported from a URL; it takes no upload")
+    if version.status.state != VersionState.IMPORTING:
+        raise Conflict(
+            f"version {version.name} is {version.status.state}; bytes are accepted only while importing"
+        )
+    return version
+
+
+def _record_success(db: Database, ctx: RequestContext, version: Resource, result: IngestResult) -> Operation:
+    with db.write() as conn:
+        versions.record_ingest(conn, version.id, result)
+        operation, _ = operation_store.create(
+            conn,
+            verb=PREPARE_VERB,
+            principal=ctx.principal,
+            project_id=version.project_id,
+            target_id=version.id,
+            target_kind=IMAGE_VERSION_KIND,
+            origin_request_id=ctx.request_id,
+        )
+    return operation
+
+
+def _record_failure(db: Database, version_id: str, reason: str) -> None:
+    with db.write() as conn:
+        versions.fail(conn, version_id, reason)
+
+
+@router.put(
+    "/images/{image_id}/versions/{version_id}/file",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Operation,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "required": True,
+        }
+    },
+)
+async def upload_version_file(
+    image_id: str,
+    version_id: str,
+    request: Request,
+    ctx: Context,
+    db: DB,
+    settings: Config,
+    response: Response,
+) -> Operation:
+    """Stream the image bytes. They are hashed and inspected as they arrive and stored only when
+    every check passes; then an operation converts, boot-tests and promotes the version."""
+    version = await run_in_threadpool(_start_upload, db, ctx, image_id, version_id)
+    source = version.spec["source"]
+    ingest = Ingest(
+        _blobs(request),
+        InspectionPolicy(max_virtual_size=settings.image_max_virtual_size),
+        declared_format=source.get("declared_format"),
+        declared_sha256=source.get("declared_sha256"),
+        with_sha512=settings.image_sha512,
+        max_bytes=settings.image_max_bytes,
+    )
+    try:
+        result = await _receive(request, ingest)
+    except ImageRejected as exc:
+        await run_in_threadpool(_record_failure, db, version.id, f"{exc.code}: {exc.message}")
+        raise
+    except ClientDisconnect:
+        await run_in_threadpool(_record_failure, db, version.id, "UPLOAD_INTERRUPTED: the client went away")
+        raise
+    operation = await run_in_threadpool(_record_success, db, ctx, version, result)
+    response.headers["Location"] = f"/v1/operations/{operation.id}"
+    return operation
+
+
+@router.get(
+    "/images/{image_id}/versions/{version_id}/file",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "A range"}},
+)
+def download_version_file(image_id: str, version_id: str, request: Request, ctx: Context, db: DB) -> Response:
+    """The bytes hosts receive (the converted disk once there is one), with HTTP ranges."""
+    version = _version_of_image(db, ctx, image_id, version_id)
+    facts = versions.facts_of(version)
+    digest = facts.disk_blob or facts.source_blob
+    if digest is None:
+        raise Conflict(f"version {version.name} has no bytes yet ({version.status.state})")
+    store = _blobs(request)
+    size = store.size(digest)
+    start, end = _range(request.headers.get("range"), size)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(end - start + 1),
+        "ETag": f'"{digest}"',
+        "Digest": f"sha-256={digest}",
+    }
+    code = status.HTTP_200_OK
+    if (start, end) != (0, size - 1):
+        code = status.HTTP_206_PARTIAL_CONTENT
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return StreamingResponse(
+        _read(store, digest, start, end),
+        status_code=code,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+def _range(header: str | None, size: int) -> tuple[int, int]:
+    """One ``bytes=a-b`` / ``a-`` / ``-n`` range; anything else serves the whole blob."""
+    if not header or size == 0:
+        return 0, max(0, size - 1)
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        return 0, size - 1
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            start, end = max(0, size - int(last)), size - 1
+        else:
+            start, end = int(first), min(size - 1, int(last)) if last else size - 1
+    except ValueError:
+        raise InvalidArgument(f"malformed Range header {header!r}", field="header:Range") from None
+    if start > end or start >= size:
+        raise InvalidArgument(f"range {header!r} is outside the {size} bytes", field="header:Range")
+    return start, end
+
+
+def _read(store: BlobStore, digest: str, start: int, end: int) -> Any:
+    with store.open(digest) as handle:
+        handle.seek(start)
+        left = end - start + 1
+        while left > 0:
+            chunk = handle.read(min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+@router.delete("/images/{image_id}/versions/{version_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_version(image_id: str, version_id: str, ctx: Context, db: DB) -> Response:
+    """Refused while a server still uses the version; its bytes go when nothing else uses them."""
+    _version_of_image(db, ctx, image_id, version_id)
+    with db.write() as conn:
+        version = resource_store.get(conn, version_id, for_update=True)
+        if version.status.operation_id:
+            raise Conflict(
+                f"operation {version.status.operation_id} is running on {version.name}; wait or cancel it",
+                blocking_operation=version.status.operation_id,
+            )
+        users = graph.blocking_users(conn, [version_id])
+        if users:
+            raise Conflict(
+                f"version {version.name} is still used by "
+                + ", ".join(f"{u.kind} {u.name}" for u in users[:10]),
+                dependents=[u.model_dump(mode="json") for u in users],
+            )
+        resource_store.delete(conn, [version_id])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

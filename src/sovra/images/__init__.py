@@ -1,0 +1,1 @@
+"""OS images: streaming ingest, inspection, conversion, boot tests, signing, catalogue, policy."""

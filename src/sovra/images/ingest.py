@@ -1,0 +1,92 @@
+"""Read untrusted image bytes exactly once: hash, inspect and store them in one pass.
+
+Every chunk goes to the SHA-256 (and SHA-512 when configured) hashers, to the streaming format
+inspector and to a blob writer. Only at the end, when the inspector's verdict, the declared format
+and the declared checksum all agree, is the blob committed; any refusal or interruption aborts the
+writer, so nothing half-written or unverified is ever stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sovra.images.blobstore import BlobStore, BlobWriter
+from sovra.images.inspection import ImageRejected, InspectionPolicy, StreamInspector
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    sha256: str
+    sha512: str | None
+    size: int
+    format: str
+    virtual_size: int
+
+
+class Ingest:
+    """One upload or download in progress. Call ``feed`` per chunk, then ``finish`` or ``abort``."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        policy: InspectionPolicy,
+        *,
+        declared_format: str | None = None,
+        declared_sha256: str | None = None,
+        with_sha512: bool = False,
+        max_bytes: int | None = None,
+    ) -> None:
+        self._writer: BlobWriter = store.writer()
+        self._inspector = StreamInspector(declared_format, policy)
+        self._sha256 = hashlib.sha256()
+        self._sha512 = hashlib.sha512() if with_sha512 else None
+        self._declared_sha256 = declared_sha256
+        self._max_bytes = max_bytes
+        self.size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.size += len(chunk)
+        if self._max_bytes is not None and self.size > self._max_bytes:
+            self.abort()
+            raise ImageRejected(
+                "TOO_LARGE", f"the image is larger than the limit of {self._max_bytes} bytes", check=None
+            )
+        try:
+            self._inspector.feed(chunk)
+        except ImageRejected:
+            self.abort()
+            raise
+        self._sha256.update(chunk)
+        if self._sha512 is not None:
+            self._sha512.update(chunk)
+        self._writer.write(chunk)
+
+    def finish(self) -> IngestResult:
+        """Check everything and commit the blob; raises ``ImageRejected`` (and stores nothing)."""
+        try:
+            verdict = self._inspector.finish()
+            digest = self._sha256.hexdigest()
+            if self._declared_sha256 is not None and digest != self._declared_sha256:
+                raise ImageRejected(
+                    "CHECKSUM_MISMATCH",
+                    f"the bytes hash to sha256 {digest}, not the declared {self._declared_sha256}: "
+                    "the download is corrupt or the declared checksum is wrong",
+                    check=None,
+                )
+        except ImageRejected:
+            self.abort()
+            raise
+        self._writer.commit(digest)
+        return IngestResult(
+            sha256=digest,
+            sha512=self._sha512.hexdigest() if self._sha512 is not None else None,
+            size=self.size,
+            format=verdict.format,
+            virtual_size=verdict.virtual_size,
+        )
+
+    def abort(self) -> None:
+        self._writer.abort()
