@@ -7,7 +7,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 EXTRA=""
 [ "${1:-}" = "--dev" ] && EXTRA="[dev]"
 
-APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config curl ca-certificates)
+APT_PACKAGES=(
+  python3 python3-venv python3-dev gcc pkg-config curl ca-certificates
+  # images: qemu-img for conversion, QEMU (TCG) for boot tests, and what `sovra image build` uses
+  qemu-utils qemu-system-x86 busybox-static cpio mtools dosfstools fdisk syslinux syslinux-common e2fsprogs
+)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
