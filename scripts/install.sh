@@ -10,7 +10,7 @@ EXTRA=""
 APT_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config curl ca-certificates
   # images: qemu-img for conversion, QEMU (TCG) for boot tests, and what `sovra image build` uses
-  qemu-utils qemu-system-x86 busybox-static cpio mtools dosfstools fdisk syslinux syslinux-common e2fsprogs
+  qemu-utils qemu-system-x86 busybox-static mtools dosfstools fdisk syslinux syslinux-common xorriso
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -11,6 +11,8 @@ from sovra.store.database import Database
 from tests.support.databases import empty_all_tables, migrated, temporary_postgres_database
 from tests.support.live_server import LiveServer, live_server
 
+pytest_plugins = ["tests.support.guest_images"]
+
 BACKENDS = ["sqlite", "postgresql"]
 
 

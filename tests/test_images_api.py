@@ -189,3 +189,38 @@ def test_versions_are_listed_deleted_and_validated(api: LiveServer, tmp_path: Pa
         assert client.delete(f"/v1/images/{image['id']}").status_code == 409  # still has a version
         assert client.delete(f"/v1/images/{image['id']}/versions/{first['id']}").status_code == 204
         assert client.delete(f"/v1/images/{image['id']}").status_code == 204
+
+
+def _bootable_version(client: httpx.Client, image_id: str, version: str) -> dict[str, Any]:
+    body = {"version": version, "metadata": METADATA, "boot_test": {"timeout_seconds": 120}}
+    response = client.post(f"/v1/images/{image_id}/versions", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+@pytest.mark.slow
+def test_a_version_becomes_active_only_after_it_boots(
+    api: LiveServer, tiny_image: Path, broken_image: Path
+) -> None:
+    with api.client() as client:
+        image = _image(client, _project(client))
+        good = _bootable_version(client, image["id"], "good")
+        done = _wait(client, _upload(client, good, tiny_image).json()["id"], timeout=300)
+        assert done["state"] == "SUCCEEDED", done["error"]
+        boot = next(s for s in done["steps"] if s["name"] == "boot-test")
+        assert boot["state"] == "SUCCEEDED" and boot["result"]["seconds"] > 0
+        active = client.get(f"/v1/images/{image['id']}/versions/{good['id']}").json()
+        assert active["state"] == "active" and "login:" in active["facts"]["boot_log_tail"]
+        # qcow2 in, qcow2 out: no conversion, the uploaded blob is the disk
+        assert active["facts"]["disk_blob"] == active["facts"]["source_blob"]
+
+        bad = _bootable_version(client, image["id"], "broken")
+        failed = _wait(client, _upload(client, bad, broken_image).json()["id"], timeout=300)
+        assert failed["state"] == "FAILED" and failed["error"]["code"] == "BOOT_TEST_FAILED"
+        assert "console tail" in failed["error"]["message"]
+        version = client.get(f"/v1/images/{image['id']}/versions/{bad['id']}").json()
+        assert version["state"] == "failed" and version["facts"]["failure_reason"].startswith(
+            "BOOT_TEST_FAILED"
+        )
+        assert version["facts"]["boot_log_tail"]
