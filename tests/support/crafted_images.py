@@ -250,8 +250,8 @@ def iso_with_qcow2_header(d: Path) -> Path:
 
 def hybrid_iso(d: Path) -> Path:
     """I3: an ISO with a protective MBR in its system area, like bootable hybrid ISOs."""
-    size = iso(d).stat().st_size
-    return patch(copy(iso(d), d / "hybrid.iso"), 0, mbr_sector(size, 0xEE))
+    plain = iso(d)
+    return patch(copy(plain, d / "hybrid.iso"), 0, mbr_sector(plain.stat().st_size, 0xEE))
 
 
 def mbr_sector(disk_size: int, os_type: int, boot_flag: int = 0x00) -> bytes:
