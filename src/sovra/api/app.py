@@ -17,7 +17,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sovra
 from sovra import metrics
-from sovra.api import audit, graph, health, identity, images, operations, problems, projects, tokens
+from sovra.api import (
+    audit,
+    graph,
+    health,
+    identity,
+    images,
+    operations,
+    problems,
+    projects,
+    signing,
+    tokens,
+)
 from sovra.api.audit_trail import MUTATING, AuditNote
 from sovra.api.audit_trail import write as write_audit
 from sovra.api.deps import request_id_of
@@ -162,7 +173,7 @@ def create_app(settings: Settings, db: Database, oidc: TokenVerifier | None = No
     app.state.metrics_registry = registry
     app.state.blobs = LocalBlobStore(settings.resolved_blob_dir)
     problems.install(app)
-    for module in (projects, tokens, identity, images, operations, graph, audit, health):
+    for module in (projects, tokens, identity, images, signing, operations, graph, audit, health):
         app.include_router(module.router)
     _check_every_route_has_a_rule(app)
     app.add_middleware(

@@ -26,6 +26,10 @@ _KINDS = {
     "members": "RoleBinding",
     "edges": "Edge",
     "resources": "Resource",
+    "images": "Image",
+    "versions": "ImageVersion",
+    "signing-keys": "SigningKey",
+    "signatures": "Signature",
 }
 
 

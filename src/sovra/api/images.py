@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import queue
 import threading
 from datetime import datetime
@@ -35,7 +37,7 @@ from sovra.domain.image import (
 from sovra.domain.labels import parse_selector, validate_labels
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource, Status
-from sovra.images import versions
+from sovra.images import trust, versions
 from sovra.images.blobstore import BlobStore
 from sovra.images.ingest import Ingest, IngestResult
 from sovra.images.inspection import ImageRejected, InspectionPolicy
@@ -45,6 +47,7 @@ from sovra.store import operations as operation_store
 from sovra.store import resources as resource_store
 from sovra.store.database import Database
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["images"], responses=PROBLEM_RESPONSES)
 Labels = dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]]
 CHUNK = 1024 * 1024
@@ -124,7 +127,7 @@ def _blobs(request: Request) -> BlobStore:
     return store
 
 
-def _version_of_image(db: Database, ctx: RequestContext, image_id: str, version_id: str) -> Resource:
+def version_of_image(db: Database, ctx: RequestContext, image_id: str, version_id: str) -> Resource:
     with db.read() as conn:
         version = resource_store.get(conn, version_id, kind=IMAGE_VERSION_KIND, project_ids=ctx.project_ids)
     if version.spec.get("image_id") != image_id:
@@ -286,7 +289,7 @@ def list_versions(image_id: str, ctx: Context, db: DB) -> ListResponse[ImageVers
 
 @router.get("/images/{image_id}/versions/{version_id}", response_model=ImageVersion)
 def get_version(image_id: str, version_id: str, ctx: Context, db: DB) -> ImageVersion:
-    return ImageVersion.of(_version_of_image(db, ctx, image_id, version_id))
+    return ImageVersion.of(version_of_image(db, ctx, image_id, version_id))
 
 
 class _Pump:
@@ -348,7 +351,7 @@ async def _receive(request: Request, ingest: Ingest) -> IngestResult:
 
 
 def _start_upload(db: Database, ctx: RequestContext, image_id: str, version_id: str) -> Resource:
-    version = _version_of_image(db, ctx, image_id, version_id)
+    version = version_of_image(db, ctx, image_id, version_id)
     if version.spec["source"]["type"] != "upload":
         raise Conflict(f"version {version.name} is imported from a URL; it takes no upload")
     if version.status.state != VersionState.IMPORTING:
@@ -430,11 +433,19 @@ async def upload_version_file(
 )
 def download_version_file(image_id: str, version_id: str, request: Request, ctx: Context, db: DB) -> Response:
     """The bytes hosts receive (the converted disk once there is one), with HTTP ranges."""
-    version = _version_of_image(db, ctx, image_id, version_id)
+    version = version_of_image(db, ctx, image_id, version_id)
     facts = versions.facts_of(version)
     digest = facts.disk_blob or facts.source_blob
     if digest is None:
         raise Conflict(f"version {version.name} has no bytes yet ({version.status.state})")
+    with db.read() as conn:
+        if trust.requires_signature(conn, version.project_id or ""):
+            verdict = trust.verify_version(conn, version)
+            if not verdict.trusted:
+                raise Conflict(
+                    f"version {version.name} is not served: its project requires a trusted "
+                    f"signature ({verdict.reason})"
+                )
     store = _blobs(request)
     size = store.size(digest)
     start, end = _range(request.headers.get("range"), size)
@@ -449,7 +460,7 @@ def download_version_file(image_id: str, version_id: str, request: Request, ctx:
         code = status.HTTP_206_PARTIAL_CONTENT
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return StreamingResponse(
-        _read(store, digest, start, end),
+        _read(store, digest, start, end, verify=(start, end) == (0, size - 1)),
         status_code=code,
         headers=headers,
         media_type="application/octet-stream",
@@ -476,22 +487,37 @@ def _range(header: str | None, size: int) -> tuple[int, int]:
     return start, end
 
 
-def _read(store: BlobStore, digest: str, start: int, end: int) -> Any:
+def _read(store: BlobStore, digest: str, start: int, end: int, verify: bool) -> Any:
+    """Stream a blob; a whole-blob read is hashed on the way out and, should the stored bytes no
+    longer match their name, the transfer is cut before its last chunk so the client sees it fail."""
+    hasher = hashlib.sha256() if verify else None
     with store.open(digest) as handle:
         handle.seek(start)
         left = end - start + 1
+        pending: bytes | None = None
         while left > 0:
             chunk = handle.read(min(CHUNK, left))
             if not chunk:
-                return
+                break
             left -= len(chunk)
-            yield chunk
+            if hasher is not None:
+                hasher.update(chunk)
+            if pending is not None:
+                yield pending
+            pending = chunk
+        if hasher is not None and hasher.hexdigest() != digest:
+            log.error(
+                "blob %s is corrupt on disk (hashes to %s); download aborted", digest, hasher.hexdigest()
+            )
+            raise RuntimeError(f"blob {digest} failed its integrity check")
+        if pending is not None:
+            yield pending
 
 
 @router.delete("/images/{image_id}/versions/{version_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_version(image_id: str, version_id: str, ctx: Context, db: DB) -> Response:
     """Refused while a server still uses the version; its bytes go when nothing else uses them."""
-    _version_of_image(db, ctx, image_id, version_id)
+    version_of_image(db, ctx, image_id, version_id)
     with db.write() as conn:
         version = resource_store.get(conn, version_id, for_update=True)
         if version.status.operation_id:

@@ -87,6 +87,12 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("DELETE", "/v1/images/{image_id}/versions/{version_id}"): Rule(M, Scope.RESOURCE, "version_id"),
     ("GET", "/v1/images/{image_id}/versions/{version_id}/file"): Rule(R, Scope.RESOURCE, "version_id"),
     ("PUT", "/v1/images/{image_id}/versions/{version_id}/file"): Rule(M, Scope.RESOURCE, "version_id"),
+    ("GET", "/v1/images/{image_id}/versions/{version_id}/signatures"): Rule(R, Scope.RESOURCE, "version_id"),
+    ("POST", "/v1/images/{image_id}/versions/{version_id}/signatures"): Rule(M, Scope.RESOURCE, "version_id"),
+    # signing keys: trusting a key is a security decision for the project's managers
+    ("GET", "/v1/projects/{project_id}/signing-keys"): Rule(R, Scope.PROJECT, "project_id"),
+    ("POST", "/v1/projects/{project_id}/signing-keys"): Rule(G, Scope.PROJECT, "project_id"),
+    ("DELETE", "/v1/signing-keys/{key_id}"): Rule(G, Scope.RESOURCE, "key_id"),
 }
 
 

@@ -434,3 +434,174 @@ def audit_table(records: list[Record]) -> RenderableType:
             escape(r.get("source") or ""),
         )
     return result
+
+
+# Images and their versions
+
+VERSION_STATE_STYLES = {
+    "importing": "yellow",
+    "validating": "cyan",
+    "converting": "cyan",
+    "testing": "cyan",
+    "active": "green",
+    "deprecated": "magenta",
+    "retired": "dim",
+    "failed": "red",
+}
+SHA256_PREFIX = 12  # enough to tell versions apart in a table; `image version show` has all 64
+
+
+def human_bytes(size: int | None) -> str:
+    """``512 B``, ``1.5 MiB``; empty when unknown."""
+    if size is None:
+        return ""
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for bigger in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+def version_state_text(state: str | None) -> Text:
+    return Text(state or "", style=VERSION_STATE_STYLES.get(state or "", ""))
+
+
+def _metadata_table(metadata: Mapping[str, Any], title: str = "Metadata (scs-0102)") -> ResourceTable:
+    result = table("PROPERTY", "VALUE", title=title)
+    for key, value in sorted(metadata.items()):
+        if value is None:  # optional properties the API lists unset
+            continue
+        result.add_row(escape(key), escape(value if isinstance(value, str) else json.dumps(value)))
+    return result
+
+
+def image_table(images: list[Record]) -> RenderableType:
+    if not images:
+        return Text("No images.", style="dim")
+    result = table("NAME", "ID", "VISIBILITY", "LABELS", "PROJECT ID?", "DESCRIPTION?", "CREATED?")
+    for image in images:
+        result.add_row(
+            escape(image["name"]),
+            image["id"],
+            image["spec"].get("visibility", ""),
+            escape(labels_text(image["labels"])),
+            image.get("project_id") or "",
+            escape(image["spec"].get("description", "")),
+            when(image["created_at"]),
+        )
+    return result
+
+
+def image_panel(image: Record, versions: list[Record] | None = None) -> RenderableType:
+    """One image; its versions below when given."""
+    spec = image["spec"]
+    retention = spec.get("retention") or {}
+    rows: list[tuple[str, RenderableType]] = [
+        ("id", image["id"]),
+        ("name", escape(image["name"])),
+        ("project", image.get("project_id") or ""),
+        ("visibility", spec.get("visibility", "")),
+        ("description", escape(spec.get("description", ""))),
+        ("labels", escape(labels_text(image["labels"]))),
+        ("state", state_text(image["status"]["state"])),
+        ("version", str(image["version"])),
+        ("created", when(image["created_at"])),
+        ("updated", when(image["updated_at"])),
+    ]
+    if retention:
+        hide = ", hide superseded" if retention.get("hide_superseded") else ""
+        rows.insert(6, ("retention", f"keep last {retention.get('keep_last')} active{hide}"))
+    extra: list[RenderableType] = []
+    if versions is not None:
+        extra.append(image_version_table(versions) if versions else Text("No versions.", style="dim"))
+    return fields_panel(f"Image {escape(image['name'])}", rows, extra)
+
+
+def version_format(version: Record) -> str:
+    """``qcow2``, or ``raw→qcow2`` when the uploaded format was converted."""
+    facts = version.get("facts") or {}
+    source = facts.get("source_format") or version["spec"].get("source", {}).get("declared_format")
+    disk = facts.get("disk_format")
+    if source and disk and source != disk:
+        return f"{source}→{disk}"
+    return str(disk or source or "")
+
+
+def image_version_table(versions: list[Record]) -> RenderableType:
+    if not versions:
+        return Text("No versions.", style="dim")
+    result = table("VERSION", "STATE", "FORMAT", "SIZE", "SHA256", "CREATED?", "ID?", title="Versions")
+    for v in versions:
+        facts = v.get("facts") or {}
+        result.add_row(
+            escape(v["spec"]["version"]),
+            version_state_text(v["state"]),
+            version_format(v),
+            human_bytes(facts.get("size")),
+            (facts.get("sha256") or "")[:SHA256_PREFIX],
+            when(v["created_at"]),
+            v["id"],
+        )
+    return result
+
+
+def _source_text(source: Mapping[str, Any]) -> str:
+    declared = [
+        f"{name} {source[key]}"
+        for name, key in (("format", "declared_format"), ("sha256", "declared_sha256"))
+        if source.get(key)
+    ]
+    where = f"url {source['url']}" if source.get("type") == "url" else "upload"
+    return where + (f" (declared {', '.join(declared)})" if declared else "")
+
+
+def _boot_test_text(boot_test: Mapping[str, Any]) -> str:
+    if not boot_test.get("enabled", True):
+        return "disabled"
+    return f"marker /{boot_test.get('marker', '')}/, {boot_test.get('timeout_seconds', '')}s timeout"
+
+
+def image_version_panel(version: Record) -> RenderableType:
+    spec, facts = version["spec"], version.get("facts") or {}
+    rows: list[tuple[str, RenderableType]] = [
+        ("id", version["id"]),
+        ("name", escape(version["name"])),
+        ("image", version["image_id"]),
+        ("version", escape(spec["version"])),
+        ("state", version_state_text(version["state"])),
+        ("operation", version.get("operation_id") or ""),
+        ("source", escape(_source_text(spec.get("source") or {}))),
+        ("format", version_format(version)),
+        ("size", human_bytes(facts.get("size"))),
+        ("virtual size", human_bytes(facts.get("virtual_size"))),
+        ("disk size", human_bytes(facts.get("disk_size"))),
+        ("sha256", facts.get("sha256") or ""),
+        ("disk blob", facts.get("disk_blob") or ""),
+        ("boot test", escape(_boot_test_text(spec.get("boot_test") or {}))),
+        ("created", when(version["created_at"])),
+        ("updated", when(version["updated_at"])),
+    ]
+    if facts.get("failure_reason"):
+        rows.append(("failure", Text(facts["failure_reason"], style="red")))
+    if facts.get("boot_log_tail"):
+        tail = facts["boot_log_tail"].strip().splitlines()[-5:]
+        rows.append(("boot log", Text("\n".join(tail), style="dim")))
+    extra: list[RenderableType] = [_metadata_table(spec.get("metadata") or {})]
+    return fields_panel(f"Image version {escape(version['name'])}", rows, extra)
+
+
+def build_panel(result: Record) -> RenderableType:
+    """What ``sovra image build`` made: the file, its sizes and digest, the suggested metadata."""
+    rows: list[tuple[str, RenderableType]] = [
+        ("file", escape(str(result["path"]))),
+        ("format", str(result["format"])),
+        ("size", human_bytes(result["size"])),
+        ("virtual size", human_bytes(result["virtual_size"])),
+        ("kernel", escape(str(result["kernel_version"]))),
+        ("sha256", str(result["sha256"])),
+    ]
+    extra: list[RenderableType] = [_metadata_table(result.get("metadata") or {}, "Suggested metadata")]
+    return fields_panel("Built image", rows, extra)

@@ -255,6 +255,12 @@ class ImageVersionSpec(BaseModel):
     )
     metadata: ScsMetadata
     disk_format: Literal["qcow2", "raw"] = Field(default="qcow2", description="The format hosts receive.")
+    signatures: list[Annotated[str, Field(min_length=16, max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="cosign sign-blob signatures (base64 DER, the content of a .sig file) of the bytes "
+        "to be uploaded; checked against the project's signing keys once the bytes are in.",
+    )
     boot_test: BootTest = Field(default_factory=BootTest)
 
 

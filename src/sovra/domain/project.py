@@ -21,6 +21,11 @@ class ProjectSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str = Field(default="", max_length=1024)
+    require_image_signature: bool = Field(
+        default=False,
+        description="Versions become active (and are served) only with a valid signature from one of "
+        "the project's signing keys.",
+    )
 
 
 def applied(status: Status, generation: int, now: datetime) -> Status:

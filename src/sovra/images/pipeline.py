@@ -18,7 +18,7 @@ from sovra.domain.edges import Edge, EdgeType
 from sovra.domain.image import ImageVersionSpec, VersionState
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource
-from sovra.images import boottest, qemu_img, versions
+from sovra.images import boottest, qemu_img, trust, versions
 from sovra.images.blobstore import LocalBlobStore
 from sovra.images.fetch import FetchFailed, ImportPolicy, UrlRefused, fetch
 from sovra.images.ingest import Ingest
@@ -172,11 +172,20 @@ def _boot_test(ctx: StepContext) -> dict[str, Any]:
 
 
 def _promote(ctx: StepContext) -> dict[str, Any]:
+    """Active, unless the project requires a trusted signature and the version has none."""
     version, _ = _version(ctx)
-    if version.status.state == VersionState.TESTING:
-        with ctx.db.write() as conn:
-            versions.move(conn, version.id, VersionState.ACTIVE)
-    return {"state": str(VersionState.ACTIVE)}
+    if version.status.state != VersionState.TESTING:
+        return {"skipped": f"version is {version.status.state}"}
+    with ctx.db.write() as conn:
+        verdict = trust.verify_version(conn, version)
+        if trust.requires_signature(conn, version.project_id or "") and not verdict.trusted:
+            raise StepError(
+                "SIGNATURE_REQUIRED",
+                f"this project requires a signature from one of its signing "
+                f"keys before a version becomes active: {verdict.reason}",
+            )
+        versions.move(conn, version.id, VersionState.ACTIVE)
+    return {"state": str(VersionState.ACTIVE), "signed_by": verdict.fingerprint}
 
 
 def _mark_failed(conn: Connection, operation: Operation) -> None:

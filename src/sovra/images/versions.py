@@ -124,6 +124,9 @@ def fail_if_unfinished(conn: Connection, version_id: str, reason: str) -> None:
     except NotFound:
         return
     if VersionState(version.status.state) in (
-        VersionState.IMPORTING, VersionState.VALIDATING, VersionState.CONVERTING, VersionState.TESTING
+        VersionState.IMPORTING,
+        VersionState.VALIDATING,
+        VersionState.CONVERTING,
+        VersionState.TESTING,
     ):
         fail(conn, version_id, reason)
