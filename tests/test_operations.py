@@ -393,3 +393,19 @@ def test_rescheduled_operations_wait_for_not_before(db: Database) -> None:
     with db.write() as conn:
         assert ops.claim(conn, "w2", 30, ["noop"]) is None
     assert _get(db, op.id).state == OperationState.PENDING
+
+
+def test_periodic_tasks_run_when_due(db: Database, settings: Settings) -> None:
+    runs: list[float] = []
+    registry = Registry()
+    registry.add_periodic("tick", 0.05, lambda database, config: runs.append(time.monotonic()))
+    registry.add_periodic(
+        "broken", 0.05, lambda database, config: 1 / 0
+    )  # a failing task is logged, not fatal
+    worker = Worker(db, registry, settings)
+    worker._run_due_periodic()
+    assert runs == []  # not at start-up: one interval later
+    time.sleep(0.06)
+    worker._run_due_periodic()
+    worker._run_due_periodic()  # not due again yet
+    assert len(runs) == 1

@@ -7,12 +7,14 @@ import hashlib
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -21,6 +23,7 @@ from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse
 from sovra.auth import policy
 from sovra.auth.context import RequestContext
+from sovra.domain.edges import RelatedResource
 from sovra.domain.errors import Conflict, InvalidArgument, NotFound
 from sovra.domain.image import (
     IMAGE_KIND,
@@ -37,15 +40,16 @@ from sovra.domain.image import (
 from sovra.domain.labels import parse_selector, validate_labels
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource, Status
-from sovra.images import trust, versions
+from sovra.images import gc, lifecycle, trust, versions
 from sovra.images.blobstore import BlobStore
-from sovra.images.ingest import Ingest, IngestResult
+from sovra.images.ingest import Ingest
 from sovra.images.inspection import ImageRejected, InspectionPolicy
 from sovra.images.pipeline import IMPORT_VERB, PREPARE_VERB
 from sovra.store import graph
 from sovra.store import operations as operation_store
 from sovra.store import resources as resource_store
 from sovra.store.database import Database
+from sovra.store.types import utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["images"], responses=PROBLEM_RESPONSES)
@@ -99,12 +103,13 @@ class ImageVersion(BaseModel):
     state: VersionState
     facts: VersionFacts
     operation_id: str | None
+    hidden: bool = Field(default=False, description="Superseded: left out of default lists.")
     version: int
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def of(cls, resource: Resource) -> ImageVersion:
+    def of(cls, resource: Resource, hidden: bool = False) -> ImageVersion:
         spec = dict(resource.spec)
         image_id = spec.pop("image_id")
         return cls(
@@ -116,6 +121,7 @@ class ImageVersion(BaseModel):
             state=VersionState(resource.status.state),
             facts=versions.facts_of(resource),
             operation_id=resource.status.operation_id,
+            hidden=hidden,
             version=resource.version,
             created_at=resource.created_at,
             updated_at=resource.updated_at,
@@ -279,12 +285,84 @@ def create_version(
 
 
 @router.get("/images/{image_id}/versions", response_model=ListResponse[ImageVersion])
-def list_versions(image_id: str, ctx: Context, db: DB) -> ListResponse[ImageVersion]:
+def list_versions(
+    image_id: str,
+    ctx: Context,
+    db: DB,
+    show_hidden: Annotated[bool, Query(description="Include superseded versions.")] = True,
+) -> ListResponse[ImageVersion]:
     with db.read() as conn:
-        resource_store.get(conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids)
-        ids = [r.id for r in graph.dependents(conn, image_id, max_depth=1) if r.kind == IMAGE_VERSION_KIND]
-        items = [ImageVersion.of(resource_store.get(conn, i)) for i in sorted(ids)]
-    return ListResponse[ImageVersion](items=items)
+        image = resource_store.get(conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids)
+        all_versions = lifecycle.versions_of(conn, image_id)
+    hidden = set(lifecycle.plan_for(image, all_versions, utcnow().date()).hidden)
+    items = [ImageVersion.of(v, v.id in hidden) for v in sorted(all_versions, key=lambda v: v.id)]
+    return ListResponse[ImageVersion](items=[i for i in items if show_hidden or not i.hidden])
+
+
+class LifecycleAction(BaseModel):
+    version_id: str
+    version: str
+    current: VersionState
+    target: VersionState
+    reason: str
+    affected_servers: list[RelatedResource]
+
+
+class LifecyclePlan(BaseModel):
+    image_id: str
+    actions: list[LifecycleAction]
+    hidden: list[str]
+
+    @classmethod
+    def of(cls, plan: lifecycle.Plan) -> LifecyclePlan:
+        return cls(
+            image_id=plan.image_id,
+            hidden=plan.hidden,
+            actions=[LifecycleAction(**vars(a)) for a in plan.actions],
+        )
+
+
+@router.get("/images/{image_id}/lifecycle", response_model=LifecyclePlan)
+def image_lifecycle(image_id: str, ctx: Context, db: DB) -> LifecyclePlan:
+    """What retention and deprecation will do next, and which servers each step affects."""
+    with db.read() as conn:
+        image = resource_store.get(conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids)
+        return LifecyclePlan.of(lifecycle.plan(conn, image, utcnow().date()))
+
+
+@router.post("/images/{image_id}/lifecycle:apply", response_model=LifecyclePlan)
+def apply_image_lifecycle(image_id: str, request: Request, ctx: Context, db: DB) -> LifecyclePlan:
+    """Carry out the plan now instead of at the next housekeeping round."""
+    with db.write() as conn:
+        image = resource_store.get(
+            conn, image_id, kind=IMAGE_KIND, project_ids=ctx.project_ids, for_update=True
+        )
+        plan = lifecycle.apply(conn, image, utcnow().date())
+    gc.collect(db, _blobs(request))
+    return LifecyclePlan.of(plan)
+
+
+def _move_version(
+    db: Database, ctx: RequestContext, image_id: str, version_id: str, target: VersionState, reason: str
+) -> ImageVersion:
+    version_of_image(db, ctx, image_id, version_id)
+    with db.write() as conn:
+        moved = versions.move(conn, version_id, target, lifecycle_reason=reason)
+    return ImageVersion.of(moved)
+
+
+@router.post("/images/{image_id}/versions/{version_id}:deprecate", response_model=ImageVersion)
+def deprecate_version(image_id: str, version_id: str, ctx: Context, db: DB) -> ImageVersion:
+    """Running servers keep it; new servers cannot use it."""
+    return _move_version(
+        db, ctx, image_id, version_id, VersionState.DEPRECATED, f"deprecated by {ctx.principal}"
+    )
+
+
+@router.post("/images/{image_id}/versions/{version_id}:promote", response_model=ImageVersion)
+def promote_version(image_id: str, version_id: str, ctx: Context, db: DB) -> ImageVersion:
+    """Make a deprecated version active again."""
+    return _move_version(db, ctx, image_id, version_id, VersionState.ACTIVE, f"promoted by {ctx.principal}")
 
 
 @router.get("/images/{image_id}/versions/{version_id}", response_model=ImageVersion)
@@ -329,7 +407,7 @@ class _Pump:
             raise self.error
 
 
-async def _receive(request: Request, ingest: Ingest) -> IngestResult:
+async def _receive(request: Request, ingest: Ingest) -> None:
     """Feed the request body to ``ingest`` in 1 MiB pieces; abort it on any failure."""
     pump = _Pump(ingest)
     buffer = bytearray()
@@ -347,7 +425,6 @@ async def _receive(request: Request, ingest: Ingest) -> IngestResult:
             await pump.close(cancel=True)
         ingest.abort()
         raise
-    return await run_in_threadpool(ingest.finish)
 
 
 def _start_upload(db: Database, ctx: RequestContext, image_id: str, version_id: str) -> Resource:
@@ -361,9 +438,10 @@ def _start_upload(db: Database, ctx: RequestContext, image_id: str, version_id: 
     return version
 
 
-def _record_success(db: Database, ctx: RequestContext, version: Resource, result: IngestResult) -> Operation:
-    with db.write() as conn:
-        versions.record_ingest(conn, version.id, result)
+def _queue_prepare(
+    ctx: RequestContext, version: Resource, created: list[Operation]
+) -> Callable[[Connection], None]:
+    def queue(conn: Connection) -> None:
         operation, _ = operation_store.create(
             conn,
             verb=PREPARE_VERB,
@@ -373,7 +451,9 @@ def _record_success(db: Database, ctx: RequestContext, version: Resource, result
             target_kind=IMAGE_VERSION_KIND,
             origin_request_id=ctx.request_id,
         )
-    return operation
+        created.append(operation)
+
+    return queue
 
 
 def _record_failure(db: Database, version_id: str, reason: str) -> None:
@@ -413,15 +493,20 @@ async def upload_version_file(
         with_sha512=settings.image_sha512,
         max_bytes=settings.image_max_bytes,
     )
+    store = _blobs(request)
+    created: list[Operation] = []
     try:
-        result = await _receive(request, ingest)
+        await _receive(request, ingest)
+        await run_in_threadpool(
+            versions.store_ingest, db, store, ingest, version.id, _queue_prepare(ctx, version, created)
+        )
     except ImageRejected as exc:
         await run_in_threadpool(_record_failure, db, version.id, f"{exc.code}: {exc.message}")
         raise
     except ClientDisconnect:
         await run_in_threadpool(_record_failure, db, version.id, "UPLOAD_INTERRUPTED: the client went away")
         raise
-    operation = await run_in_threadpool(_record_success, db, ctx, version, result)
+    [operation] = created
     response.headers["Location"] = f"/v1/operations/{operation.id}"
     return operation
 
@@ -515,7 +600,7 @@ def _read(store: BlobStore, digest: str, start: int, end: int, verify: bool) -> 
 
 
 @router.delete("/images/{image_id}/versions/{version_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_version(image_id: str, version_id: str, ctx: Context, db: DB) -> Response:
+def delete_version(image_id: str, version_id: str, request: Request, ctx: Context, db: DB) -> Response:
     """Refused while a server still uses the version; its bytes go when nothing else uses them."""
     version_of_image(db, ctx, image_id, version_id)
     with db.write() as conn:
@@ -533,4 +618,5 @@ def delete_version(image_id: str, version_id: str, ctx: Context, db: DB) -> Resp
                 dependents=[u.model_dump(mode="json") for u in users],
             )
         resource_store.delete(conn, [version_id])
+    gc.collect(db, _blobs(request))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

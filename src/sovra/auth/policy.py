@@ -88,6 +88,10 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("GET", "/v1/images/{image_id}/versions/{version_id}/file"): Rule(R, Scope.RESOURCE, "version_id"),
     ("PUT", "/v1/images/{image_id}/versions/{version_id}/file"): Rule(M, Scope.RESOURCE, "version_id"),
     ("GET", "/v1/images/{image_id}/versions/{version_id}/signatures"): Rule(R, Scope.RESOURCE, "version_id"),
+    ("POST", "/v1/images/{image_id}/versions/{version_id}:deprecate"): Rule(M, Scope.RESOURCE, "version_id"),
+    ("POST", "/v1/images/{image_id}/versions/{version_id}:promote"): Rule(M, Scope.RESOURCE, "version_id"),
+    ("GET", "/v1/images/{image_id}/lifecycle"): Rule(R, Scope.RESOURCE, "image_id"),
+    ("POST", "/v1/images/{image_id}/lifecycle:apply"): Rule(M, Scope.RESOURCE, "image_id"),
     ("POST", "/v1/images/{image_id}/versions/{version_id}/signatures"): Rule(M, Scope.RESOURCE, "version_id"),
     # signing keys: trusting a key is a security decision for the project's managers
     ("GET", "/v1/projects/{project_id}/signing-keys"): Rule(R, Scope.PROJECT, "project_id"),

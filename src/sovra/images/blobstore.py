@@ -10,10 +10,13 @@ a remote store).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -38,6 +41,7 @@ class BlobStore(Protocol):
     def delete(self, digest: str) -> None: ...
     def local_path(self, digest: str) -> Path: ...
     def adopt(self, path: Path) -> str: ...
+    def lock(self, digest: str) -> AbstractContextManager[None]: ...
 
 
 def check_digest(digest: str) -> str:
@@ -129,6 +133,21 @@ class LocalBlobStore:
         os.chmod(path, 0o640)
         os.replace(path, target)
         return sha256
+
+    @contextmanager
+    def lock(self, digest: str) -> Iterator[None]:
+        """Exclude the collector while a blob is being stored and recorded (and vice versa).
+
+        256 lock files, striped by the digest's first byte, shared by every process on the host.
+        """
+        path = self.root / "locks" / f"{check_digest(digest)[:2]}.lock"
+        path.parent.mkdir(exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def sweep_temporary(self) -> int:
         """Remove leftovers of writes that never finished (a crash mid-upload)."""

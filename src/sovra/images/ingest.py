@@ -44,6 +44,7 @@ class Ingest:
         self._declared_sha256 = declared_sha256
         self._max_bytes = max_bytes
         self.size = 0
+        self._result: IngestResult | None = None
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
@@ -65,7 +66,7 @@ class Ingest:
         self._writer.write(chunk)
 
     def finish(self) -> IngestResult:
-        """Check everything and commit the blob; raises ``ImageRejected`` (and stores nothing)."""
+        """Check everything; raises ``ImageRejected`` (and stores nothing). Then ``commit``."""
         try:
             verdict = self._inspector.finish()
             digest = self._sha256.hexdigest()
@@ -79,14 +80,19 @@ class Ingest:
         except ImageRejected:
             self.abort()
             raise
-        self._writer.commit(digest)
-        return IngestResult(
+        self._result = IngestResult(
             sha256=digest,
             sha512=self._sha512.hexdigest() if self._sha512 is not None else None,
             size=self.size,
             format=verdict.format,
             virtual_size=verdict.virtual_size,
         )
+        return self._result
+
+    def commit(self) -> None:
+        """Make the verified bytes visible in the store (hold the store's lock for the digest)."""
+        assert self._result is not None, "finish() first"
+        self._writer.commit(self._result.sha256)
 
     def abort(self) -> None:
         self._writer.abort()

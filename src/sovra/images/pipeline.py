@@ -15,10 +15,10 @@ from sqlalchemy.engine import Connection
 
 from sovra.config import Settings
 from sovra.domain.edges import Edge, EdgeType
-from sovra.domain.image import ImageVersionSpec, VersionState
+from sovra.domain.image import IMAGE_KIND, ImageVersionSpec, VersionState
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource
-from sovra.images import boottest, qemu_img, trust, versions
+from sovra.images import boottest, gc, lifecycle, qemu_img, trust, versions
 from sovra.images.blobstore import LocalBlobStore
 from sovra.images.fetch import FetchFailed, ImportPolicy, UrlRefused, fetch
 from sovra.images.ingest import Ingest
@@ -29,6 +29,8 @@ from sovra.operations.errors import RetryableError, StepError
 from sovra.operations.registry import Registry, Step
 from sovra.store import graph
 from sovra.store import resources as resource_store
+from sovra.store.database import Database
+from sovra.store.types import utcnow
 
 PREPARE_VERB = "image.prepare"
 IMPORT_VERB = "image.import"
@@ -67,8 +69,9 @@ def _download(ctx: StepContext) -> dict[str, Any]:
     url = getattr(source, "url", None)
     if url is None:
         raise StepError("NO_URL", "this version is uploaded, not imported")
+    store = _store(ctx)
     ingest = Ingest(
-        _store(ctx),
+        store,
         InspectionPolicy(max_virtual_size=ctx.settings.image_max_virtual_size),
         declared_format=source.declared_format,
         declared_sha256=source.declared_sha256,
@@ -79,7 +82,7 @@ def _download(ctx: StepContext) -> dict[str, Any]:
         for chunk in fetch(url, import_policy(ctx.settings)):
             ctx.check()
             ingest.feed(chunk)
-        result = ingest.finish()
+        result = versions.store_ingest(ctx.db, store, ingest, version.id)
     except (ImageRejected, UrlRefused) as exc:
         ingest.abort()
         raise _refused(exc) from exc
@@ -89,8 +92,6 @@ def _download(ctx: StepContext) -> dict[str, Any]:
     except BaseException:
         ingest.abort()
         raise
-    with ctx.db.write() as conn:
-        versions.record_ingest(conn, version.id, result)
     return {"sha256": result.sha256, "size": result.size, "format": result.format}
 
 
@@ -193,12 +194,29 @@ def _mark_failed(conn: Connection, operation: Operation) -> None:
     versions.fail_if_unfinished(conn, operation.target_id or "", reason)
 
 
+HOUSEKEEPING_SECONDS = 300
+
+
+def housekeeping(db: Database, settings: Settings) -> None:
+    """Apply every image's retention policy, then collect the bytes nothing uses."""
+    today = utcnow().date()
+    with db.read() as conn:
+        images = resource_store.list_page(
+            conn, kind=IMAGE_KIND, project_ids=None, selector=[], page_size=100_000, page_token=None
+        ).items
+    for image in images:
+        with db.write() as conn:
+            lifecycle.apply(conn, image, today)
+    gc.collect(db, LocalBlobStore(settings.resolved_blob_dir))
+
+
 def register(registry: Registry) -> None:
     finishing = [
         Step("convert", _convert, deadline_seconds=3600, max_attempts=2),
         Step("boot-test", _boot_test, deadline_seconds=3600, max_attempts=2),
         Step("promote", _promote),
     ]
+    registry.add_periodic("image-housekeeping", HOUSEKEEPING_SECONDS, housekeeping)
     registry.register(PREPARE_VERB, finishing, on_end=_mark_failed)
     registry.register(
         IMPORT_VERB,

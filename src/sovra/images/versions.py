@@ -8,6 +8,7 @@ which versions use it (``uses``) and which blob a conversion came from (``derive
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -24,9 +25,11 @@ from sovra.domain.image import (
     version_resource_name,
 )
 from sovra.domain.resource import Resource, Status
-from sovra.images.ingest import IngestResult
+from sovra.images.blobstore import BlobStore
+from sovra.images.ingest import Ingest, IngestResult
 from sovra.store import graph
 from sovra.store import resources as resource_store
+from sovra.store.database import Database
 
 _BLOB_NAMESPACE = uuid.UUID("9b8f3c2e-5c1f-4d7e-9a51-2f0c3a9d7e11")
 
@@ -90,6 +93,26 @@ def record_blob(conn: Connection, sha256: str, size: int, fmt: str) -> str:
     return blob_id
 
 
+def store_ingest(
+    db: Database,
+    store: BlobStore,
+    ingest: Ingest,
+    version_id: str,
+    then: Callable[[Connection], None] | None = None,
+) -> IngestResult:
+    """Finish the ingest, then commit its blob and record it in one critical section, so that the
+    blob collector never sees the bytes without their record (or deletes them under it).
+    ``then`` runs in the recording transaction (e.g. to queue the operation that comes next)."""
+    result = ingest.finish()
+    with store.lock(result.sha256):
+        ingest.commit()
+        with db.write() as conn:
+            record_ingest(conn, version_id, result)
+            if then is not None:
+                then(conn)
+    return result
+
+
 def record_ingest(conn: Connection, version_id: str, result: IngestResult) -> Resource:
     """The bytes arrived and passed the checks: the version uses its source blob, now validating."""
     blob_id = record_blob(conn, result.sha256, result.size, result.format)
@@ -130,3 +153,15 @@ def fail_if_unfinished(conn: Connection, version_id: str, reason: str) -> None:
         VersionState.TESTING,
     ):
         fail(conn, version_id, reason)
+
+
+def release_blobs(conn: Connection, version_id: str) -> int:
+    """Drop the version's ``uses`` edges to its blobs; returns how many it let go of."""
+    released = 0
+    for edge in graph.edges_of(conn, version_id):
+        if edge.source_id == version_id and edge.type == EdgeType.USES:
+            target = resource_store.get(conn, edge.target_id)
+            if target.kind == IMAGE_BLOB_KIND:
+                graph.remove(conn, edge)
+                released += 1
+    return released

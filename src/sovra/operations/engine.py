@@ -84,6 +84,7 @@ class Worker:
         self._held: dict[str, StepContext] = {}
         self._held_lock = threading.Lock()
         self._last_reap = 0.0
+        self._periodic_last: dict[str, float] = {}
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -94,6 +95,7 @@ class Worker:
         while not self.stop.is_set():
             try:
                 self._maybe_reap()
+                self._run_due_periodic()
                 if not self.run_once():
                     self.stop.wait(self.settings.poll_seconds * random.uniform(0.5, 1.5))
             except Exception:  # a database hiccup must not kill the worker
@@ -119,6 +121,21 @@ class Worker:
             reaped = operation_store.reap_expired(conn)
         for operation_id in reaped:
             log.warning("reaped operation %s: its worker's lease expired", operation_id)
+
+    def _run_due_periodic(self) -> None:
+        now = time.monotonic()
+        for task in self.registry.periodic:
+            # the first run is one interval after start-up, so that starting workers is cheap
+            due = self._periodic_last.setdefault(task.name, now)
+            if now - due < task.interval_seconds:
+                continue
+            self._periodic_last[task.name] = now
+            try:
+                task.run(self.db, self.settings)
+            except Exception:
+                log.exception(
+                    "periodic task %s failed; it runs again in %.0fs", task.name, task.interval_seconds
+                )
 
     def _heartbeat_loop(self) -> None:
         interval = self.settings.lease_seconds / 3

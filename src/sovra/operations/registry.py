@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from sovra.config import Settings
     from sovra.domain.operation import Operation
     from sovra.operations.context import StepContext
+    from sovra.store.database import Database
 
 StepFunction = Callable[["StepContext"], Any]
 EndHook = Callable[["Connection", "Operation"], None]
@@ -42,6 +44,20 @@ class Handler:
     on_end: EndHook | None = None
 
 
+PeriodicFunction = Callable[["Database", "Settings"], Any]
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    """Housekeeping every worker runs now and then (retention, garbage collection). Tasks must be
+    safe to run in several workers at once: they work through the same compare-and-swap writes as
+    everything else."""
+
+    name: str
+    interval_seconds: float
+    run: PeriodicFunction
+
+
 class UnknownVerb(KeyError):
     pass
 
@@ -49,6 +65,10 @@ class UnknownVerb(KeyError):
 class Registry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self.periodic: list[PeriodicTask] = []
+
+    def add_periodic(self, name: str, interval_seconds: float, run: PeriodicFunction) -> None:
+        self.periodic.append(PeriodicTask(name, interval_seconds, run))
 
     def register(self, verb: str, steps: Iterable[Step], on_end: EndHook | None = None) -> None:
         steps = tuple(steps)
