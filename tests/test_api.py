@@ -78,7 +78,7 @@ def test_create_read_with_etag_and_location(client: httpx.Client) -> None:
     assert response.headers["etag"] == '"1"'
     assert (body["name"], body["spec"], body["status"]["state"], body["generation"]) == (
         "web",
-        {"description": "the web team"},
+        {"description": "the web team", "require_image_signature": False},
         "ACTIVE",
         1,
     )
@@ -307,3 +307,22 @@ def test_audit_times_without_a_zone_are_utc_and_creations_carry_their_project(cl
     assert naive.status_code == 200, naive.text
     created = [r for r in naive.json()["items"] if r["action"] == "create_project"]
     assert [(r["resource_id"], r["project_id"]) for r in created] == [(project["id"], project["id"])]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("POST", "/v1/projects", {"json": {"name": "p3\n"}}),
+        ("POST", "/v1/projects", {"json": {"name": "ok", "spec": {"description": "nul\u0000"}}}),
+        ("GET", "/v1/operations", {"params": {"verb": "nul\x00"}}),
+        ("GET", "/v1/projects", {"params": {"name": "nul\x00"}}),
+        ("POST", "/v1/edges", {"json": {"source_id": "nul\u0000", "target_id": "x", "type": "uses"}}),
+    ],
+)
+def test_control_characters_are_a_client_error_on_every_backend(
+    client: httpx.Client, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    response = client.request(method, path, **kwargs)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert client.get("/v1/projects").json()["items"] == []

@@ -76,7 +76,7 @@ def worker_for(server: LiveServer) -> Iterator[None]:
 def test_project_lifecycle(api: LiveServer) -> None:
     created = create_project(api, "demo", "--description", "first project", "--label", "env=dev")
     assert created["name"] == "demo" and created["labels"] == {"env": "dev"}
-    assert created["spec"] == {"description": "first project"}
+    assert created["spec"] == {"description": "first project", "require_image_signature": False}
     assert created["status"]["state"] == "ACTIVE" and created["version"] == 1
 
     listed = sovra(api, "project", "list")
@@ -123,7 +123,7 @@ def test_delete_retry_with_request_id_after_the_project_is_gone(api: LiveServer)
     again = sovra_json(api, "project", "delete", project["id"], "--request-id", "r-1")
     assert again["id"] == operation["id"]
     gone = sovra(api, "project", "delete", project["id"])
-    assert gone.exit_code == 1 and f"Project '{project['id']}' not found" in gone.stderr
+    assert gone.exit_code == 1 and f"project '{project['id']}' not found" in gone.stderr
 
 
 def test_rename_and_nothing_to_update(api: LiveServer) -> None:
@@ -173,7 +173,7 @@ def test_unknown_project_is_not_found(api: LiveServer) -> None:
     missing = str(uuid.uuid4())
     result = sovra(api, "project", "show", missing)
     assert result.exit_code == 1
-    assert "Not found" in result.stderr and f"Project '{missing}' not found" in result.stderr
+    assert "Not found" in result.stderr and f"project '{missing}' not found" in result.stderr
 
     by_name = sovra(api, "project", "delete", "nosuchproject")
     assert by_name.exit_code == 1 and "no project is named 'nosuchproject'" in by_name.stderr

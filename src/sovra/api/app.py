@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,7 +37,6 @@ from sovra.auth import policy
 from sovra.auth.authenticate import Authenticator, TokenVerifier
 from sovra.auth.ratelimit import RateLimiter
 from sovra.config import Settings
-from sovra.domain.errors import PayloadTooLarge
 from sovra.images.blobstore import LocalBlobStore
 from sovra.store.database import Database
 
@@ -89,6 +89,16 @@ class RequestMiddleware:
         started = time.perf_counter()
         status, location = 500, None
 
+        audited = False
+
+        async def record(route: object) -> None:
+            nonlocal audited
+            if note is not None and not audited:
+                audited = True
+                await run_in_threadpool(
+                    write_audit, self.db, note, route, scope.get("path_params", {}), status, location
+                )
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, location
             if message["type"] == "http.response.start":
@@ -96,6 +106,8 @@ class RequestMiddleware:
                 headers = message.setdefault("headers", [])
                 location = next((v.decode() for k, v in headers if k == b"location"), None)
                 headers.append((b"x-request-id", request_id.encode()))
+                # the audit record is written before the caller hears the outcome
+                await record(scope.get("route"))
             await send(message)
 
         limit = self._limit_for(scope["path"])
@@ -118,10 +130,7 @@ class RequestMiddleware:
             metrics.API_LATENCY.labels(scope["method"], template, str(status)).observe(
                 time.perf_counter() - started
             )
-            if note is not None:
-                await run_in_threadpool(
-                    write_audit, self.db, note, route, scope.get("path_params", {}), status, location
-                )
+            await record(route)  # a request that failed before any response
 
     @staticmethod
     def _limited(receive: Receive, limit: int) -> Receive:
@@ -134,7 +143,7 @@ class RequestMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(_too_large(limit))
+                    raise HTTPException(413, _too_large(limit))  # FastAPI passes these through
             return message
 
         return receive_limited

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from sovra.api.deps import DB, Config, Context, PageSize, PageToken
+from sovra.api.deps import DB, Config, Context, PageSize, PageToken, TextFilter
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse
 from sovra.store import audit
@@ -21,9 +21,9 @@ def list_audit(
     ctx: Context,
     db: DB,
     settings: Config,
-    project_id: Annotated[str | None, Query(max_length=36)] = None,
-    principal: Annotated[str | None, Query(max_length=256)] = None,
-    resource_id: Annotated[str | None, Query(max_length=128)] = None,
+    project_id: TextFilter = None,
+    principal: TextFilter = None,
+    resource_id: TextFilter = None,
     since: Annotated[datetime | None, Query(description="Records at or after this time (ISO 8601).")] = None,
     until: Annotated[datetime | None, Query(description="Records before this time (ISO 8601).")] = None,
     page_size: PageSize = 100,

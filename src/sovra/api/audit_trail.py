@@ -8,6 +8,7 @@ parameter of the route, or for creations the id in the ``Location`` header.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,8 +55,9 @@ def _target(
         if part in _KINDS:
             kind = _KINDS[part]
             following = parts[index + 1] if index + 1 < len(parts) else ""
-            # "{subject:path}" names the parameter "subject"
-            name = following.strip("{}").split(":")[0] if following.startswith("{") else None
+            # "{subject:path}" and "{operation_id}:cancel" name "subject" and "operation_id"
+            named = re.match(r"\{(\w+)", following)
+            name = named.group(1) if named else None
             resource_id = path_params.get(name) if name else None
     if resource_id is None and location:
         resource_id = next((seg for seg in reversed(location.split("/")) if is_id(seg)), None)

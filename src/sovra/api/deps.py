@@ -13,10 +13,13 @@ from sovra.auth.authenticate import Authenticator
 from sovra.auth.context import RequestContext
 from sovra.auth.ratelimit import RateLimiter
 from sovra.config import Settings
-from sovra.domain.errors import Forbidden, InvalidArgument, RateLimited
+from sovra.domain.errors import Forbidden, InvalidArgument, RateLimited, Unauthenticated
 from sovra.domain.ids import new_id
 from sovra.store.database import Database
 
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+TextFilter = Annotated[str | None, Query(max_length=256, pattern=NO_CONTROL_CHARACTERS)]
+"""A free-text query filter (a name, a verb, an id): printable, never a control character."""
 PageSize = Annotated[int, Query(ge=1, le=1000, description="Items per page (capped by the server).")]
 PageToken = Annotated[str | None, Query(max_length=512, description="next_page_token of the previous page.")]
 IfMatch = Annotated[str | None, Header(description="ETag of the version you read; 412 if it is stale.")]
@@ -43,26 +46,41 @@ def authorized_context(request: Request) -> RequestContext:
     rule = policy.rule_for(request.method, getattr(route, "path", ""))
     if rule is None:  # fail closed; the app also refuses to start with a route that has no rule
         raise Forbidden("no access rule covers this route")
-    authenticator: Authenticator = request.app.state.authenticator
-    ctx = authenticator.authenticate(
-        request.headers.get("authorization", ""),
-        getattr(request.state, "request_id", None) or request_id_of(request),
-        request.client.host if request.client else "",
-    )
+    ctx = _authenticate(request)
     note: AuditNote | None = getattr(request.state, "audit", None)
     if note is not None:
         note.principal = ctx.principal
+    _rate_limit(request, ctx.principal)
+    with get_db(request).read() as conn:
+        target = policy.resolve(rule, request.path_params, conn)
+    if note is not None and target is not None:
+        note.project_id = target.project_id  # refused attempts are recorded in the project too
+    policy.check(ctx, rule, target, request.path_params)
+    return ctx
+
+
+def _authenticate(request: Request) -> RequestContext:
+    """Credentials to a context; failed attempts count against the source address's rate limit."""
+    authenticator: Authenticator = request.app.state.authenticator
+    source = request.client.host if request.client else ""
+    try:
+        return authenticator.authenticate(
+            request.headers.get("authorization", ""),
+            getattr(request.state, "request_id", None) or request_id_of(request),
+            source,
+        )
+    except Unauthenticated:
+        _rate_limit(request, f"address:{source}")
+        raise
+
+
+def _rate_limit(request: Request, key: str) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
     try:
-        limiter.check(ctx.principal)
+        limiter.check(key)
     except RateLimited:
         metrics.RATE_LIMITED.inc()
         raise
-    with get_db(request).read() as conn:
-        project_id = policy.authorize(ctx, rule, request.path_params, conn)
-    if note is not None:
-        note.project_id = project_id
-    return ctx
 
 
 Context = Annotated[RequestContext, Depends(authorized_context)]

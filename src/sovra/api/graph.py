@@ -44,7 +44,12 @@ def delete_edge(source_id: str, edge_type: EdgeType, target_id: str, ctx: Contex
 def resource_edges(resource_id: str, ctx: Context, db: DB) -> EdgeList:
     with db.read() as conn:
         resource_store.get(conn, resource_id, project_ids=ctx.project_ids)
-        return EdgeList(items=graph.edges_of(conn, resource_id))
+        items = graph.edges_of(conn, resource_id)
+        if ctx.project_ids is not None:  # never name another tenant's resources
+            ends = {e.source_id for e in items} | {e.target_id for e in items}
+            visible = {r.id for r in resource_store.get_many(conn, list(ends), project_ids=ctx.project_ids)}
+            items = [e for e in items if e.source_id in visible and e.target_id in visible]
+        return EdgeList(items=items)
 
 
 @router.get("/resources/{resource_id}/dependents", response_model=RelatedList)

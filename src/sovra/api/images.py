@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import queue
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, parse_if_match
+from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, TextFilter, parse_if_match
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse
 from sovra.auth import policy
@@ -172,8 +173,8 @@ def list_images(
     ctx: Context,
     db: DB,
     settings: Config,
-    project_id: Annotated[str | None, Query(max_length=36)] = None,
-    name: Annotated[str | None, Query(max_length=40)] = None,
+    project_id: TextFilter = None,
+    name: TextFilter = None,
     label_selector: Annotated[str | None, Query(max_length=4096)] = None,
     page_size: PageSize = 100,
     page_token: PageToken = None,
@@ -252,7 +253,7 @@ def delete_image(image_id: str, ctx: Context, db: DB) -> Response:
 
 
 class VersionCreate(ImageVersionSpec):
-    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+    request_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
 
 
 @router.post("/images/{image_id}/versions", status_code=status.HTTP_201_CREATED, response_model=ImageVersion)
@@ -538,7 +539,7 @@ def download_version_file(image_id: str, version_id: str, request: Request, ctx:
         "Accept-Ranges": "bytes",
         "Content-Length": str(end - start + 1),
         "ETag": f'"{digest}"',
-        "Digest": f"sha-256={digest}",
+        "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(digest)).decode(),
     }
     code = status.HTTP_200_OK
     if (start, end) != (0, size - 1):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Query
-
-from sovra.api.deps import DB, Config, Context, PageSize, PageToken
+from sovra.api.deps import DB, Config, Context, PageSize, PageToken, TextFilter
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse
 from sovra.domain.operation import Operation, OperationState
@@ -24,10 +22,10 @@ def list_operations(
     ctx: Context,
     db: DB,
     settings: Config,
-    project_id: Annotated[str | None, Query(max_length=36)] = None,
-    target_id: Annotated[str | None, Query(max_length=36)] = None,
+    project_id: TextFilter = None,
+    target_id: TextFilter = None,
     state: OperationState | None = None,
-    verb: Annotated[str | None, Query(max_length=64)] = None,
+    verb: TextFilter = None,
     page_size: PageSize = 100,
     page_token: PageToken = None,
 ) -> ListResponse[Operation]:

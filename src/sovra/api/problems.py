@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sovra.domain.errors import SovraError
@@ -108,6 +109,18 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, title, detail)
 
 
+async def _on_data_error(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold (e.g. a NUL character for PostgreSQL): the transaction was
+    rolled back, nothing was written; it is the request's fault, not the server's."""
+    log.info("refused a value the database cannot store on %s: %s", request.url.path, type(exc).__name__)
+    return problem_response(
+        request,
+        400,
+        "Invalid argument",
+        "a value in the request cannot be stored or searched for (control characters?)",
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -122,6 +135,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(SovraError, _on_sovra_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(DataError, _on_data_error)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection
 
-from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, parse_if_match
+from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, TextFilter, parse_if_match
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse, RelatedList
 from sovra.auth.context import RequestContext
@@ -107,7 +107,7 @@ def list_projects(
     label_selector: Annotated[
         str | None, Query(max_length=4096, description="e.g. env=prod,tier in (web)")
     ] = None,
-    name: Annotated[str | None, Query(max_length=63, description="Only the project with this name.")] = None,
+    name: TextFilter = None,
     page_size: PageSize = 100,
     page_token: PageToken = None,
 ) -> ListResponse[Project]:
@@ -174,6 +174,7 @@ def delete_project(
         Query(
             min_length=1,
             max_length=128,
+            pattern=r"^[\x21-\x7e]+$",
             description="Idempotency key: the same id returns the same operation.",
         ),
     ] = None,

@@ -110,56 +110,74 @@ def missing_rules(routes: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     project_id: str | None
     creator: str | None = None
     public: bool = False
 
 
-def _target_of(conn: Connection, rule: Rule, value: str) -> _Target:
+def _target_of(conn: Connection, rule: Rule, value: str) -> Target:
     """Where what the path parameter names belongs; NotFound if it does not exist."""
     if rule.scope == Scope.PROJECT:
-        return _Target(resource_store.get(conn, value, kind=PROJECT_KIND).id)
+        return Target(resource_store.get(conn, value, kind=PROJECT_KIND).id)
     if rule.scope == Scope.RESOURCE:
         resource = resource_store.get(conn, value)
         project_id = resource.id if resource.kind == PROJECT_KIND else resource.project_id
-        return _Target(project_id, public=resource.public)
+        return Target(project_id, public=resource.public)
     if rule.scope == Scope.OPERATION:
-        return _Target(operation_store.get(conn, value).project_id)
+        return Target(operation_store.get(conn, value).project_id)
     token = token_store.get(conn, value)
-    return _Target(token.project_id, creator=token.created_by)
+    return Target(token.project_id, creator=token.created_by)
 
 
-def authorize(
-    ctx: RequestContext, rule: Rule, path_params: Mapping[str, str], conn: Connection
-) -> str | None:
-    """Raise unless ``ctx`` may do what ``rule`` guards; returns the project acted on, if any."""
-    if rule.scope in (Scope.PUBLIC, Scope.CALLER):
+_NAMED = {
+    Scope.PROJECT: "project",
+    Scope.RESOURCE: "resource",
+    Scope.OPERATION: "operation",
+    Scope.TOKEN: "token",
+}
+
+
+def _hidden(rule: Rule, value: str) -> NotFound:
+    """The same answer for "does not exist" and "exists in a project you cannot see"."""
+    return NotFound(f"{_NAMED[rule.scope]} {value!r} not found")
+
+
+def resolve(rule: Rule, path_params: Mapping[str, str], conn: Connection) -> Target | None:
+    """What the request acts on (None for routes not tied to one); NotFound if it does not exist."""
+    if rule.scope in (Scope.PUBLIC, Scope.CALLER, Scope.GLOBAL):
         return None
+    assert rule.param is not None
+    value = path_params[rule.param]
+    try:
+        return _target_of(conn, rule, value)
+    except NotFound:
+        raise _hidden(rule, value) from None
+
+
+def check(ctx: RequestContext, rule: Rule, target: Target | None, path_params: Mapping[str, str]) -> None:
+    """Raise unless ``ctx`` may do what ``rule`` guards on ``target``."""
+    if rule.scope in (Scope.PUBLIC, Scope.CALLER):
+        return
     if rule.scope == Scope.GLOBAL:
         if not ctx.is_admin and rule.role > Role.READER:
             raise Forbidden(f"this needs the {rule.role} role, which {ctx.display_name} does not hold")
-        return None
-    assert rule.param is not None
-    target = _target_of(conn, rule, path_params[rule.param])
-    if ctx.is_admin:
-        return target.project_id
-    if target.creator is not None and target.creator == ctx.principal:
-        return target.project_id  # callers may always manage their own tokens
+        return
+    assert target is not None and rule.param is not None
+    if ctx.is_admin or (target.creator is not None and target.creator == ctx.principal):
+        return  # admins may do anything; callers may always manage their own tokens
     held = ctx.role_in(target.project_id)
+    value = path_params[rule.param]
     if held is None and target.public:
         if rule.role == Role.READER:
-            return target.project_id  # public resources are readable by everyone
-        raise Forbidden(
-            f"{path_params[rule.param]!r} is public: everyone may read it, only its project change it"
-        )
+            return  # public resources are readable by everyone
+        raise Forbidden(f"{value!r} is public: everyone may read it, only its project change it")
     if held is None:
-        raise NotFound(f"{path_params[rule.param]!r} not found")
+        raise _hidden(rule, value)
     if held < rule.role:
         raise Forbidden(
             f"this needs the {rule.role} role in project {target.project_id}; {ctx.display_name} is {held}"
         )
-    return target.project_id
 
 
 def ensure_can_publish(ctx: RequestContext) -> None:

@@ -183,7 +183,8 @@ class SovraClient:
     def delete(
         self, path: str, params: Params | None = None, headers: Mapping[str, str] | None = None
     ) -> Any:
-        return self.request("DELETE", path, params=params, headers=headers).json()
+        response = self.request("DELETE", path, params=params, headers=headers)
+        return None if response.status_code == 204 or not response.content else response.json()
 
     def iter_items(
         self, path: str, params: Params | None = None, page_size: int = MAX_PAGE_SIZE

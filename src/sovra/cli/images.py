@@ -494,7 +494,9 @@ def _interrupted(client: SovraClient, version: Record, exc: httpx.TransportError
         current = version
     reason = (current.get("facts") or {}).get("failure_reason")
     if current.get("state") == "failed" and reason:
-        return CliError(f"the API refused the image: {reason}", hint=_retry_hint(version), exit_code=1)
+        return CliError(
+            f"the API refused the image: {reason}", hint=_retry_hint(version), exit_code=EXIT_API_ERROR
+        )
     return CliError(
         f"the upload into {version['name']} was interrupted: {exc or type(exc).__name__}",
         hint=_retry_hint(version),
@@ -837,15 +839,14 @@ def download(
             received = _receive(client, version, part, byte_range, display)
             verified = _verify(received, part)
             part.replace(file)
-        except BaseException as exc:
-            part.unlink(missing_ok=True)
-            if isinstance(exc, httpx.TransportError):
-                raise CliError(
-                    f"the download of {version['name']} was interrupted: {exc}", exit_code=EXIT_API_ERROR
-                ) from None
-            if isinstance(exc, OSError):
-                raise CliError(f"cannot write {part}: {exc.strerror or exc}") from None
-            raise
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"the download of {version['name']} was interrupted: {exc}", exit_code=EXIT_API_ERROR
+            ) from None
+        except OSError as exc:
+            raise CliError(f"cannot write {file}: {exc.strerror or exc}") from None
+        finally:
+            part.unlink(missing_ok=True)  # gone already when complete and renamed
     result = {
         "image_id": version["image_id"],
         "version_id": version["id"],

@@ -43,4 +43,4 @@ def _candidate() -> int:
 
 def is_id(text: str) -> bool:
     """Whether ``text`` is a canonical lowercase UUID string."""
-    return bool(_UUID_RE.match(text))
+    return bool(_UUID_RE.fullmatch(text))

@@ -12,9 +12,10 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from sovra.domain.errors import Conflict, InvalidArgument
+from sovra.domain.names import plain_text
 
 IMAGE_KIND = "Image"
 IMAGE_VERSION_KIND = "ImageVersion"
@@ -64,7 +65,7 @@ def check_transition(current: VersionState, target: VersionState) -> None:
 
 
 def validate_image_name(name: str) -> str:
-    if not _IMAGE_NAME_RE.match(name):
+    if not _IMAGE_NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"image name {name!r} is invalid: 1 to 40 letters, digits, spaces, '.', '_', '+' or '-', "
             "starting and ending with a letter or digit (e.g. 'Debian 12')",
@@ -74,7 +75,7 @@ def validate_image_name(name: str) -> str:
 
 
 def validate_version(version: str) -> str:
-    if not _VERSION_RE.match(version):
+    if not _VERSION_RE.fullmatch(version):
         raise InvalidArgument(
             f"version {version!r} is invalid: 1 to 23 letters, digits, '.', '_', '+' or '-' (e.g. 20241120)",
             field="version",
@@ -101,7 +102,7 @@ class RetentionPolicy(BaseModel):
 class ImageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    description: str = Field(default="", max_length=1024)
+    description: Annotated[str, AfterValidator(plain_text)] = Field(default="", max_length=1024)
     visibility: Visibility = Visibility.PRIVATE
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
 
@@ -195,7 +196,7 @@ class ScsMetadata(BaseModel):
 
 
 def _is_date(value: str) -> bool:
-    if not _DATE_RE.match(value):
+    if not _DATE_RE.fullmatch(value):
         return False
     try:
         date.fromisoformat(value)
@@ -214,7 +215,7 @@ class UploadSource(BaseModel):
     @field_validator("declared_sha256")
     @classmethod
     def _sha256(cls, value: str | None) -> str | None:
-        if value is not None and not _SHA256_RE.match(value.lower()):
+        if value is not None and not _SHA256_RE.fullmatch(value.lower()):
             raise ValueError("must be 64 hexadecimal characters")
         return value.lower() if value else value
 

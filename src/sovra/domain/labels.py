@@ -45,13 +45,13 @@ def validate_labels(labels: dict[str, str], field: str = "labels") -> dict[str, 
     if len(labels) > MAX_LABELS:
         raise InvalidArgument(f"at most {MAX_LABELS} labels are allowed", field=field)
     for key, value in labels.items():
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             raise InvalidArgument(
                 f"label key {key!r} is invalid: use an optional DNS prefix and '/', then up to 63 "
                 "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
                 field=f"{field}.{key}",
             )
-        if not isinstance(value, str) or not _VALUE_RE.match(value):
+        if not isinstance(value, str) or not _VALUE_RE.fullmatch(value):
             raise InvalidArgument(
                 f"label value {value!r} for {key!r} is invalid: up to 63 letters, digits, '-', '_' "
                 "or '.', starting and ending with a letter or digit",
@@ -95,13 +95,13 @@ def _split_terms(text: str) -> list[str]:
 
 
 def _check_key(key: str) -> str:
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise InvalidArgument(f"label selector key {key!r} is not a valid label key", field="label_selector")
     return key
 
 
 def _check_value(value: str) -> str:
-    if not _VALUE_RE.match(value):
+    if not _VALUE_RE.fullmatch(value):
         raise InvalidArgument(
             f"label selector value {value!r} is not a valid label value", field="label_selector"
         )
@@ -109,7 +109,7 @@ def _check_value(value: str) -> str:
 
 
 def _parse_term(term: str) -> Requirement:
-    match = _TERM_RE.match(term)
+    match = _TERM_RE.fullmatch(term)
     if not match:
         raise InvalidArgument(
             f"cannot parse label selector term {term.strip()!r}; expected key=value, key!=value, "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from sovra.domain.names import plain_text
 from sovra.domain.resource import Condition, ConditionStatus, Status, set_condition
 
 PROJECT_KIND = "Project"
@@ -20,7 +22,7 @@ class ProjectState(StrEnum):
 class ProjectSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    description: str = Field(default="", max_length=1024)
+    description: Annotated[str, AfterValidator(plain_text)] = Field(default="", max_length=1024)
     require_image_signature: bool = Field(
         default=False,
         description="Versions become active (and are served) only with a valid signature from one of "

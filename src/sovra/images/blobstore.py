@@ -45,7 +45,7 @@ class BlobStore(Protocol):
 
 
 def check_digest(digest: str) -> str:
-    if not _DIGEST_RE.match(digest):
+    if not _DIGEST_RE.fullmatch(digest):
         raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
     return digest
 

@@ -116,7 +116,7 @@ def make_nocloud_seed(path: Path, instance_id: str, hostname: str, user_data: st
     ``user-data``; no network, no mounting (xorriso writes the ISO 9660 image itself)."""
     if not instance_id.isprintable() or not instance_id.strip() or ":" in instance_id:
         raise ValueError(f"instance_id {instance_id!r} must be printable text without ':'")
-    if not _HOSTNAME_RE.match(hostname):
+    if not _HOSTNAME_RE.fullmatch(hostname):
         raise ValueError(f"hostname {hostname!r} is not a valid host name")
     payload = user_data.encode() if isinstance(user_data, str) else user_data
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,7 @@ def build_image(
     the kernel package and its unpacked bundle between builds. ``init_script`` replaces the
     generated ``/init`` (e.g. :data:`BROKEN_INIT` for a guest that never boots).
     """
-    if not _HOSTNAME_RE.match(hostname_default):
+    if not _HOSTNAME_RE.fullmatch(hostname_default):
         raise BuildError(f"hostname_default {hostname_default!r} is not a valid host name")
     busybox = _static_busybox()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -566,7 +566,7 @@ def _virtual_size(image: Path) -> int:
 
 def guest_init(hostname_default: str) -> str:
     """The tiny guest's ``/init`` (busybox sh), with its fallback host name filled in."""
-    if not _HOSTNAME_RE.match(hostname_default):
+    if not _HOSTNAME_RE.fullmatch(hostname_default):
         raise BuildError(f"hostname_default {hostname_default!r} is not a valid host name")
     return (
         _GUEST_INIT.replace("@HOSTNAME_DEFAULT@", hostname_default)

@@ -97,7 +97,7 @@ __all__ = [
     "plan",
 ]
 
-_CHECKSUM_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
+_CHECKSUM_RE = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _ALGORITHM_RE = re.compile(r"^([A-Za-z0-9-]+):")
 SourceFormat = Literal["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"]
 
@@ -181,8 +181,10 @@ class VersionEntry(_Strict):
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> Any:
-        if isinstance(value, bool) or isinstance(value, float):
-            raise ValueError(f"write the version quoted (YAML read it as {value!r}), e.g. version: '20261120'")
+        if isinstance(value, bool | float):
+            raise ValueError(
+                f"write the version quoted (YAML read it as {value!r}), e.g. version: '20261120'"
+            )
         if isinstance(value, int):
             return str(value)
         return value
@@ -206,7 +208,7 @@ class VersionEntry(_Strict):
     @field_validator("checksum")
     @classmethod
     def _checksum(cls, value: str) -> str:
-        match = _CHECKSUM_RE.match(value.strip())
+        match = _CHECKSUM_RE.fullmatch(value.strip())
         if match:
             return f"sha256:{match[1].lower()}"
         algorithm = _ALGORITHM_RE.match(value)
@@ -237,6 +239,15 @@ class ImageEntry(_Strict):
             return validate_image_name(value)
         except InvalidArgument as exc:
             raise ValueError(exc.detail) from None
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str) -> str:
+        try:
+            ImageSpec(description=value)
+        except ValidationError as exc:
+            raise ValueError(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+        return value
 
     @field_validator("labels")
     @classmethod
@@ -481,16 +492,26 @@ def _resolve_version(
         checked_boot = None
     if len(problems) > before or checked_metadata is None or checked_boot is None:
         return None
-    source = UrlSource(url=entry.url, declared_sha256=entry.checksum.removeprefix("sha256:"))
-    if entry.format is not None:
-        source = source.model_copy(update={"declared_format": entry.format})
-    spec = ImageVersionSpec(
-        version=entry.version,
-        source=source,
-        metadata=checked_metadata,
-        disk_format=image.disk_format,
-        boot_test=checked_boot,
-    )
+    source = {
+        "type": "url",
+        "url": entry.url,
+        "declared_sha256": entry.checksum.removeprefix("sha256:"),
+        "declared_format": entry.format,
+    }
+    try:
+        spec = ImageVersionSpec.model_validate(
+            {
+                "version": entry.version,
+                "source": source,
+                "metadata": checked_metadata,
+                "disk_format": image.disk_format,
+                "boot_test": checked_boot,
+            }
+        )
+    except ValidationError as exc:  # what the API would refuse beyond the checks above
+        for error in exc.errors():
+            problems.append(Problem(yaml_path((*where, *error["loc"])), str(error["msg"])))
+        return None
     return CatalogueVersion(path=yaml_path(where), spec=spec)
 
 
@@ -787,9 +808,7 @@ def _version_action(
         reason = found.failure_reason or "no reason recorded"
         if retry_failed:
             return action(ActionKind.RETRY_VERSION, f"failed ({reason}); delete it and {source}")
-        return action(
-            ActionKind.FAILED, f"failed ({reason}); --retry-failed deletes it and imports it again"
-        )
+        return action(ActionKind.FAILED, f"failed ({reason}); --retry-failed deletes it and imports it again")
     differences = _version_differences(version, found)
     if differences:
         return action(
@@ -817,9 +836,18 @@ def _version_differences(version: CatalogueVersion, found: CurrentVersion) -> li
         result.append(("checksum", f"its sha256 is {have[:12]}…, the catalogue says {version.sha256[:12]}…"))
     if found.disk_format != version.spec.disk_format:
         result.append(
-            ("disk_format", f"its disk format is {found.disk_format}, the catalogue says {version.spec.disk_format}")
+            (
+                "disk_format",
+                f"its disk format is {found.disk_format}, the catalogue says {version.spec.disk_format}",
+            )
         )
     changed = _metadata_changes(version.spec.metadata, found.metadata)
+    if (  # an image_source that only follows the URL is not a second difference
+        found.url != version.url
+        and version.spec.metadata.image_source == version.url
+        and found.metadata.get("image_source") == found.url
+    ):
+        changed = [name for name in changed if name != "image_source"]
     if changed:
         result.append(("metadata", "its metadata differs in " + ", ".join(changed)))
     return result

@@ -58,7 +58,8 @@ def _version(ctx: StepContext) -> tuple[Resource, ImageVersionSpec]:
 
 def _refused(exc: ImageRejected | UrlRefused | QemuImgError) -> StepError:
     code = exc.reason.upper() if isinstance(exc, QemuImgError) else exc.code
-    return StepError(f"{code}", exc.detail, **{k: v for k, v in exc.extensions.items() if k != "field"})
+    details = {k: v for k, v in exc.extensions.items() if k not in ("field", "code")}
+    return StepError(code, exc.detail, **details)
 
 
 def _download(ctx: StepContext) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from sovra.domain.project import ProjectState
 from sovra.operations.context import StepContext
 from sovra.operations.errors import StepError
 from sovra.operations.registry import Registry, Step
-from sovra.store import graph, resources
+from sovra.store import graph, resources, tokens
 
 PROJECT_DELETE = "project.delete"
 
@@ -47,6 +47,7 @@ def _teardown(ctx: StepContext) -> dict[str, Any]:
     root = ctx.operation.target_id or ""
     with ctx.db.write() as conn:
         resources.update_status(conn, root, lambda s: s.model_copy(update={"state": ProjectState.DELETING}))
+        tokens.revoke_all_of_project(conn, [root])  # a project on its way out grants nothing
         order = graph.teardown_order(conn, root)
     doomed = [item.id for item in order]
     for position, item in enumerate(order, start=1):

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from sovra.domain.edges import BLOCKS_TARGET_DELETION, MAX_DEPTH, Edge, EdgeType, RelatedResource
 from sovra.domain.errors import Conflict, InvalidArgument, NotFound
+from sovra.domain.ids import is_id
 from sovra.domain.project import PROJECT_KIND
 from sovra.store.schema import edges, resources
 from sovra.store.types import utcnow
@@ -106,6 +107,7 @@ def add(conn: Connection, edge: Edge) -> Edge:
     """Record an edge; idempotent. Refuses self-loops, missing ends and cycles."""
     if edge.source_id == edge.target_id:
         raise InvalidArgument("an edge cannot connect a resource to itself", field="target_id")
+    _require_ids(edge)
     found = {
         row["id"]: row
         for row in conn.execute(
@@ -142,7 +144,14 @@ def add(conn: Connection, edge: Edge) -> Edge:
     return edge
 
 
+def _require_ids(edge: Edge) -> None:
+    for field, rid in (("source_id", edge.source_id), ("target_id", edge.target_id)):
+        if not is_id(rid):
+            raise NotFound(f"resource {rid!r} not found", field=field)
+
+
 def remove(conn: Connection, edge: Edge) -> None:
+    _require_ids(edge)
     result = conn.execute(
         sa.delete(edges).where(
             edges.c.source_id == edge.source_id,

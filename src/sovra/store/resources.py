@@ -129,6 +129,16 @@ def _visible(project_ids: Sequence[str]) -> sa.ColumnElement[bool]:
     )
 
 
+def get_many(
+    conn: Connection, resource_ids: Sequence[str], *, project_ids: Sequence[str] | None
+) -> list[Resource]:
+    """The resources among ``resource_ids`` that exist and the caller may see."""
+    query = sa.select(resources).where(resources.c.id.in_(resource_ids))
+    if project_ids is not None:
+        query = query.where(_visible(project_ids))
+    return [_to_resource(r) for r in conn.execute(query).mappings()]
+
+
 def _label_clause(req: Requirement) -> sa.ColumnElement[bool]:
     match = sa.select(resource_labels.c.resource_id).where(
         resource_labels.c.resource_id == resources.c.id, resource_labels.c.key == req.key
