@@ -118,3 +118,28 @@ def test_manual_deprecation_and_promotion_and_deletion_collects_bytes(
         assert {facts["source_blob"], facts["disk_blob"]} <= _blob_files(api)
         assert client.delete(url).status_code == 204
         assert _blob_files(api) == set()
+
+
+def test_collected_bytes_answer_409_and_a_cancelled_pipeline_fails_its_version(
+    database_url: str, tmp_path: Path
+) -> None:
+    from tests.support.live_server import live_server
+
+    with live_server(database_url, tmp_path / "idle", workers=0) as idle, idle.client() as client:
+        image = client.post(f"/v1/projects/{_project(client)}/images", json={"name": "Idle"}).json()
+        body = {"version": "1", "metadata": METADATA, "boot_test": {"enabled": False}}
+        version = client.post(f"/v1/images/{image['id']}/versions", json=body).json()
+        operation = _upload(client, version, _disk(tmp_path, "idle.raw")).json()
+        assert operation["state"] == "PENDING"  # nobody runs it: no worker
+        assert client.post(f"/v1/operations/{operation['id']}:cancel").json()["state"] == "CANCELLED"
+        failed = client.get(f"/v1/images/{image['id']}/versions/{version['id']}").json()
+        assert failed["state"] == "failed" and "CANCELLED" in failed["facts"]["failure_reason"]
+
+
+def test_retired_versions_without_bytes_are_not_served(api: LiveServer, tmp_path: Path) -> None:
+    with api.client() as client:
+        image = client.post(f"/v1/projects/{_project(client)}/images", json={"name": "Old"}).json()
+        old = _version(client, image["id"], "old", _disk(tmp_path, "old"), uuid_validity="2020-01-01")
+        client.post(f"/v1/images/{image['id']}/lifecycle:apply")
+        gone = client.get(f"/v1/images/{image['id']}/versions/{old['id']}/file")
+        assert gone.status_code == 409 and "collected" in gone.json()["detail"]

@@ -146,3 +146,19 @@ def test_a_blob_corrupted_on_disk_is_not_served(api: LiveServer, tmp_path: Path)
             f"/v1/images/{image['id']}/versions/{version['id']}/file", headers={"Range": "bytes=0-15"}
         )
         assert ranged.status_code == 206  # partial reads are not hashed; hosts verify on arrival
+
+
+def test_promotion_honours_the_signature_policy(api: LiveServer, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(64 * 1024))
+    with api.client() as client:
+        project = _project(client, "promote")
+        image = _image(client, project)
+        version = _version(client, image["id"], "1", [])
+        assert _wait(client, _upload(client, version, disk).json()["id"])["state"] == "SUCCEEDED"
+        url = f"/v1/images/{image['id']}/versions/{version['id']}"
+        assert client.post(f"{url}:deprecate").status_code == 200
+        client.patch(f"/v1/projects/{project}", json={"spec": {"require_image_signature": True}})
+        refused = client.post(f"{url}:promote")
+        assert refused.status_code == 409 and "requires a trusted signature" in refused.json()["detail"]
+        assert client.get(url).json()["state"] == "deprecated"

@@ -38,6 +38,7 @@ from sovra.auth.authenticate import Authenticator, TokenVerifier
 from sovra.auth.ratelimit import RateLimiter
 from sovra.config import Settings
 from sovra.images.blobstore import LocalBlobStore
+from sovra.operations.registry import default_registry
 from sovra.store.database import Database
 
 
@@ -181,6 +182,7 @@ def create_app(settings: Settings, db: Database, oidc: TokenVerifier | None = No
     registry.register(_ProcessAndStore(db))
     app.state.metrics_registry = registry
     app.state.blobs = LocalBlobStore(settings.resolved_blob_dir)
+    app.state.registry = default_registry(settings.plugins)  # for the hooks of cancelled operations
     problems.install(app)
     for module in (projects, tokens, identity, images, signing, operations, graph, audit, health):
         app.include_router(module.router)

@@ -42,7 +42,7 @@ from sovra.domain.labels import parse_selector, validate_labels
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource, Status
 from sovra.images import gc, lifecycle, trust, versions
-from sovra.images.blobstore import BlobStore
+from sovra.images.blobstore import BlobNotFound, BlobStore
 from sovra.images.ingest import Ingest
 from sovra.images.inspection import ImageRejected, InspectionPolicy
 from sovra.images.pipeline import IMPORT_VERB, PREPARE_VERB
@@ -346,8 +346,15 @@ def apply_image_lifecycle(image_id: str, request: Request, ctx: Context, db: DB)
 def _move_version(
     db: Database, ctx: RequestContext, image_id: str, version_id: str, target: VersionState, reason: str
 ) -> ImageVersion:
-    version_of_image(db, ctx, image_id, version_id)
+    version = version_of_image(db, ctx, image_id, version_id)
     with db.write() as conn:
+        if target == VersionState.ACTIVE and trust.requires_signature(conn, version.project_id or ""):
+            verdict = trust.verify_version(conn, version)
+            if not verdict.trusted:
+                raise Conflict(
+                    f"version {version.name} cannot become active: its project requires a trusted "
+                    f"signature ({verdict.reason})"
+                )
         moved = versions.move(conn, version_id, target, lifecycle_reason=reason)
     return ImageVersion.of(moved)
 
@@ -533,7 +540,12 @@ def download_version_file(image_id: str, version_id: str, request: Request, ctx:
                     f"signature ({verdict.reason})"
                 )
     store = _blobs(request)
-    size = store.size(digest)
+    try:
+        size = store.size(digest)
+    except BlobNotFound:
+        raise Conflict(
+            f"version {version.name} is {version.status.state} and its bytes were collected"
+        ) from None
     start, end = _range(request.headers.get("range"), size)
     headers = {
         "Accept-Ranges": "bytes",

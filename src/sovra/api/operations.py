@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import contextlib
+
+from fastapi import APIRouter, Request
 
 from sovra.api.deps import DB, Config, Context, PageSize, PageToken, TextFilter
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import ListResponse
 from sovra.domain.operation import Operation, OperationState
+from sovra.operations.registry import Registry, UnknownVerb
 from sovra.store import operations as operation_store
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=PROBLEM_RESPONSES)
@@ -51,7 +54,14 @@ def get_operation(operation_id: str, ctx: Context, db: DB) -> Operation:
 
 
 @router.post("/{operation_id}:cancel", response_model=Operation)
-def cancel_operation(operation_id: str, ctx: Context, db: DB) -> Operation:
+def cancel_operation(operation_id: str, request: Request, ctx: Context, db: DB) -> Operation:
     """Cancel at once if it has not started; otherwise the worker stops at its next safe point."""
     with db.write() as conn:
-        return operation_store.request_cancel(conn, operation_id, ctx.project_ids)
+        operation = operation_store.request_cancel(conn, operation_id, ctx.project_ids)
+        if operation.state == OperationState.CANCELLED:  # it never started: no worker will clean up
+            registry: Registry = request.app.state.registry
+            with contextlib.suppress(UnknownVerb):
+                hook = registry.get(operation.verb).on_end
+                if hook is not None:
+                    hook(conn, operation)
+    return operation

@@ -110,7 +110,7 @@ def _problem_of(response: httpx.Response) -> dict[str, Any]:
 
 def _hint_for(status: int) -> str | None:
     if status == 401:
-        return "check SOVRA_TOKEN (or the admin.token file in SOVRA_DATA_DIR)"
+        return "check SOVRA_TOKEN, or run `sovra login` again with a valid token"
     return None
 
 

@@ -25,7 +25,7 @@ import httpx
 import typer
 import yaml
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -51,6 +51,7 @@ from sovra.cli.client import (
     resolve_url,
 )
 from sovra.cli.identity import ProjectOption
+from sovra.cli.keys import load_public_keys, load_signing_key
 from sovra.cli.operations import (
     DEFAULT_TIMEOUT,
     EXIT_INTERRUPTED,
@@ -70,15 +71,18 @@ from sovra.cli.output import (
     image_table,
     image_version_panel,
     image_version_table,
+    lifecycle_panel,
     note,
     print_json,
     print_result,
+    signature_table,
     version_state_text,
 )
 from sovra.cli.projects import LabelOption, parse_labels, project_path, resource_id_of
 from sovra.domain.errors import InvalidArgument
 from sovra.domain.ids import is_id
 from sovra.domain.image import DISK_FORMATS, ImageVersionSpec, ScsMetadata, validate_version
+from sovra.images import signing
 from sovra.images.build import BuildError, build_image
 
 app = typer.Typer(
@@ -195,6 +199,24 @@ BootMarkerOption = Annotated[
 WaitOption = Annotated[
     bool,
     typer.Option("--wait", help="Wait until the version is active: exit 0, 1 if it failed, 3 on timeout."),
+]
+SignKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key",
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="Sign FILE's SHA-256 with this cosign private key and send the signature with the version "
+        "(passphrase from COSIGN_PASSWORD, else asked).",
+    ),
+]
+SigOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--sig-out", metavar="FILE", dir_okay=False, help="Write the detached signature (cosign .sig)."
+    ),
 ]
 
 
@@ -701,6 +723,7 @@ def upload(
     meta: MetaOption = None,
     no_boot_test: NoBootTestOption = False,
     boot_marker: BootMarkerOption = None,
+    sign_key: SignKeyOption = None,
     project: ProjectOption = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
@@ -711,7 +734,8 @@ def upload(
 
     The API hashes and inspects the bytes as they arrive and refuses unsafe or mislabelled images
     (exit 1, naming the check that failed). An operation then converts, boot-tests and promotes
-    the version; --wait waits for it.
+    the version; --wait waits for it. With --sign-key, FILE is hashed and signed here first (as
+    `cosign sign-blob` would), which a project that requires signatures needs.
     """
     if sha256 is not None and verify_sha256:
         raise typer.BadParameter(
@@ -719,14 +743,26 @@ def upload(
         )
     values = load_metadata(metadata, meta)
     display = _display(output)
+    body = version_body(
+        version, declared("upload", disk_format, sha256), values, not no_boot_test, boot_marker
+    )
+    private_key = None
+    if sign_key is not None:
+        _check_before_hashing(body)
+        private_key = load_signing_key(sign_key)  # a wrong passphrase fails before anything is sent
     with _connect(url) as client:
         image = resolve_image(client, image_ref, project)
-        body = version_body(
-            version, declared("upload", disk_format, sha256), values, not no_boot_test, boot_marker
-        )
-        if verify_sha256:
+        if verify_sha256 or private_key is not None:
             _check_before_hashing(body)
-            body["source"]["declared_sha256"] = _sha256_of(file, display)
+            digest = _sha256_of(file, display)
+            if sha256 is not None and sha256 != digest:
+                raise CliError(
+                    f"{file} hashes to sha256 {digest}, not {sha256} as --sha256 says; nothing was sent"
+                )
+            body["source"]["declared_sha256"] = digest
+            if private_key is not None:
+                body["signatures"] = [signing.signature_b64(signing.sign_digest(private_key, digest))]
+                note(f"Signed sha256 {digest} with key {_fingerprint(private_key)}.")
         _upload_new_version(
             client, image, body, file, wait=wait, timeout=timeout, output=output, display=display
         )
@@ -952,3 +988,316 @@ def build(
         _upload_new_version(
             client, image, body, file, wait=wait, timeout=timeout, output=output, display=display
         )
+
+
+# -- signatures ------------------------------------------------------------------------------------------
+
+MAX_SIGNATURES = 8  # what a version holds (ImageVersionSpec.signatures)
+
+
+def _fingerprint(key: signing.PrivateKey | signing.PublicKey) -> str:
+    public = key.public_key() if isinstance(key, signing.PrivateKey) else key
+    return signing.key_fingerprint(public)
+
+
+def _export(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _signed_sha256(version: Record) -> str:
+    """The SHA-256 a signature covers: that of the uploaded bytes, once they are in."""
+    sha256: str | None = (version.get("facts") or {}).get("sha256")
+    if not sha256:
+        raise CliError(
+            f"version {version['name']} has no bytes yet ({version['state']}): there is nothing to sign",
+            hint="sign once its upload is in, or sign while uploading with `sovra image upload --sign-key`",
+            exit_code=EXIT_API_ERROR,
+        )
+    return sha256
+
+
+@app.command()
+def sign(
+    image_ref: ImageRef,
+    version_ref: VersionRef,
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="The cosign private key (passphrase from COSIGN_PASSWORD, else asked).",
+        ),
+    ],
+    sig_out: SigOutOption = None,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.TABLE,
+    url: UrlOption = None,
+) -> None:
+    """Sign a version's bytes here with a cosign key and attach the signature.
+
+    The signature is `cosign sign-blob --key` over the uploaded file; the API keeps it only if one
+    of the project's trusted keys (`sovra key list`) verifies it.
+    """
+    with connect(url) as client:
+        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        sha256 = _signed_sha256(version)
+        if len(version["spec"].get("signatures") or []) >= MAX_SIGNATURES:
+            raise CliError(
+                f"version {version['name']} already carries {MAX_SIGNATURES} signatures, the most it holds",
+                exit_code=EXIT_API_ERROR,
+            )
+        private_key = load_signing_key(key)
+        signature = signing.signature_b64(signing.sign_digest(private_key, sha256))
+        try:
+            client.post(f"{version_path(version)}/signatures", {"signature": signature})
+        except ApiError as exc:
+            if exc.status != 400:
+                raise
+            project_ref = version.get("project_id") or "PROJECT"
+            hint = (
+                f"the API keeps signatures made with a key the project trusts: "
+                f"`sovra key trust {project_ref} {_shell(str(key.with_suffix('.pub')))} --name NAME` "
+                f"trusts yours; `sovra key list {project_ref}` shows the trusted ones"
+            )
+            raise ApiError(exc.problem, hint=hint) from None
+    if sig_out is not None:
+        _export(sig_out, signature)
+    result = {
+        "image_id": version["image_id"],
+        "version_id": version["id"],
+        "version": version["name"],
+        "sha256": sha256,
+        "key_fingerprint": _fingerprint(private_key),
+        "signature": signature,
+        "sig_path": str(sig_out) if sig_out is not None else None,
+    }
+    if output is OutputFormat.JSON:
+        print_json(result)
+        return
+    print_result(f"Signed {escape(version['name'])} (sha256 {sha256}) with key {result['key_fingerprint']}.")
+    if sig_out is not None:
+        note(f"Signature written to {escape(str(sig_out))}.")
+
+
+def _check_locally(
+    keys: list[tuple[Path, signing.PublicKey]], sha256: str, items: list[Record]
+) -> tuple[list[Record], Record | None]:
+    """Each signature against the given keys only (what the API trusts does not matter here); the
+    bundle of the first that verifies."""
+    by_fingerprint = {_fingerprint(key): (path, key) for path, key in keys}
+    checks: list[Record] = []
+    bundle: Record | None = None
+    for index, item in enumerate(items, 1):
+        check: Record = {"index": index, "signature": item["signature"], "valid": False, "key": None}
+        try:
+            fingerprint = signing.verify_with_any([key for _, key in keys], sha256, item["signature"])
+        except signing.SigningError as exc:
+            check["detail"] = (
+                "does not verify with the given key(s)"
+                if exc.code in ("signature_untrusted", "signature_mismatch")
+                else exc.message
+            )
+        else:
+            path, key = by_fingerprint[fingerprint]
+            check |= {"valid": True, "key": fingerprint, "detail": f"verified with {path}"}
+            if bundle is None:
+                bundle = signing.make_bundle(sha256, signing.signature_from_b64(item["signature"]), key)
+        checks.append(check)
+    return checks, bundle
+
+
+def _server_verdicts(items: list[Record]) -> tuple[list[Record], Record | None]:
+    """Each signature as the API judged it against the project's trusted keys."""
+    checks: list[Record] = []
+    bundle: Record | None = None
+    for index, item in enumerate(items, 1):
+        valid = item.get("trusted_key") is not None
+        detail = (
+            "verified by the API with a key the project trusts" if valid else "no trusted key verifies it"
+        )
+        checks.append(
+            {
+                "index": index,
+                "signature": item["signature"],
+                "valid": valid,
+                "key": item.get("trusted_key"),
+                "detail": detail,
+            }
+        )
+        if valid and bundle is None:
+            bundle = item.get("bundle")
+    return checks, bundle
+
+
+@app.command()
+def verify(
+    image_ref: ImageRef,
+    version_ref: VersionRef,
+    key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--key",
+            metavar="FILE.pub",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Verify here against this public key (repeatable), whatever the project trusts "
+            "[default: report the API's verdicts].",
+        ),
+    ] = None,
+    bundle_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle-out",
+            metavar="FILE",
+            dir_okay=False,
+            help="Write a Sigstore bundle of the first valid signature (FILE.sigstore.json).",
+        ),
+    ] = None,
+    sig_out: SigOutOption = None,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.TABLE,
+    url: UrlOption = None,
+) -> None:
+    """Check a version's signatures: exit 0 when at least one is valid, 1 when none is.
+
+    With --key, each signature is verified here against the given public keys; without, the API's
+    verdict (against the project's trusted keys) is reported. The bundle and .sig exports are what
+    `cosign verify-blob --key cosign.pub --bundle FILE --insecure-ignore-tlog` accepts.
+    """
+    keys = load_public_keys(key or [])  # unreadable keys fail before anything is asked of the API
+    with connect(url) as client:
+        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        listed = client.get(f"{version_path(version)}/signatures")
+    sha256: str | None = listed.get("sha256")
+    items: list[Record] = listed.get("items") or []
+    if keys and sha256:
+        checks, bundle = _check_locally(keys, sha256, items)
+    elif keys:  # no bytes, nothing a signature could cover
+        checks = [
+            {"index": i, "signature": s["signature"], "valid": False, "key": None, "detail": "no bytes yet"}
+            for i, s in enumerate(items, 1)
+        ]
+        bundle = None
+    else:
+        checks, bundle = _server_verdicts(items)
+    first = next((c for c in checks if c["valid"]), None)
+    if first is not None:
+        if bundle_out is not None and bundle is not None:
+            _export(bundle_out, json.dumps(bundle))
+        if sig_out is not None:
+            _export(sig_out, first["signature"])
+    result = {
+        "image_id": version["image_id"],
+        "version_id": version["id"],
+        "version": version["name"],
+        "sha256": sha256,
+        "checked_by": "local keys" if keys else "api",
+        "keys": [_fingerprint(k) for _, k in keys],
+        "valid": first is not None,
+        "signatures": checks,
+        "bundle_path": str(bundle_out) if first is not None and bundle_out and bundle else None,
+        "sig_path": str(sig_out) if first is not None and sig_out else None,
+    }
+    if output is OutputFormat.JSON:
+        print_json(result)
+    else:
+        print_result(_verify_summary(result))
+        for what, path in (("Bundle", result["bundle_path"]), ("Signature", result["sig_path"])):
+            if path:
+                note(f"{what} written to {escape(path)}.")
+    if first is None:
+        why = "it carries no signature" if not items else "none of its signatures is valid"
+        if not sha256:
+            why = "it has no bytes yet"
+        raise CliError(f"version {version['name']} is not verified: {why}", exit_code=EXIT_API_ERROR)
+
+
+def _verify_summary(result: Record) -> RenderableType:
+    parts: list[RenderableType] = [signature_table(result["signatures"])]
+    if result["valid"]:
+        valid = sum(1 for c in result["signatures"] if c["valid"])
+        parts.append(
+            Text.assemble(
+                ("Verified: ", "bold green"),
+                f"{result['version']} (sha256 {result['sha256']}) has {valid} valid signature(s).",
+            )
+        )
+    return Group(*parts)
+
+
+# -- lifecycle -------------------------------------------------------------------------------------------
+
+
+@app.command("lifecycle")
+def lifecycle_plan(
+    image_ref: ImageRef,
+    apply: Annotated[bool, typer.Option("--apply", help="Carry the plan out now.")] = False,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.TABLE,
+    url: UrlOption = None,
+) -> None:
+    """What retention and deprecation do next to an image's versions, and the servers each step
+    affects; --apply does it now rather than at the next housekeeping round."""
+    with connect(url) as client:
+        image = resolve_image(client, image_ref, project)
+        path = f"{image_path(image['id'])}/lifecycle"
+        plan: Record = client.post(f"{path}:apply") if apply else client.get(path)
+        if output is OutputFormat.JSON:
+            print_json(plan)
+            return
+        names = {
+            v["id"]: v["spec"]["version"] for v in client.list_all(f"{image_path(image['id'])}/versions")
+        }
+    print_result(lifecycle_panel(plan, names, applied=apply))
+    if plan["actions"] and not apply:
+        note(f"`sovra image lifecycle {_shell(image['name'])} --apply` carries it out now.")
+
+
+def _move(
+    image_ref: str, version_ref: str, verb: str, project: str | None, output: OutputFormat, url: str | None
+) -> Record:
+    with connect(url) as client:
+        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        try:
+            moved: Record = client.post(f"{version_path(version)}:{verb}")
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            hint = "only an active version can be deprecated, and only a deprecated one promoted"
+            raise ApiError(exc.problem, hint=hint) from None
+    if output is OutputFormat.JSON:
+        print_json(moved)
+    else:
+        print_result(Text.assemble(f"Version {moved['name']} is ", version_state_text(moved["state"]), "."))
+    return moved
+
+
+@app.command()
+def deprecate(
+    image_ref: ImageRef,
+    version_ref: VersionRef,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.TABLE,
+    url: UrlOption = None,
+) -> None:
+    """Deprecate a version: servers using it keep running, new servers cannot use it."""
+    _move(image_ref, version_ref, "deprecate", project, output, url)
+
+
+@app.command()
+def promote(
+    image_ref: ImageRef,
+    version_ref: VersionRef,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.TABLE,
+    url: UrlOption = None,
+) -> None:
+    """Make a deprecated version active again."""
+    _move(image_ref, version_ref, "promote", project, output, url)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from sovra.cli import audit, catalogue, identity, images, operations, projects, services
+from sovra.cli import audit, catalogue, identity, images, keys, operations, projects, services
 from sovra.cli.output import CommandGroup
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.add_typer(projects.app, name="project")
 app.add_typer(operations.app, name="op")
 catalogue.register(images.app)
 app.add_typer(images.app, name="image")
+app.add_typer(keys.app, name="key")
 identity.register(app)
 projects.app.add_typer(identity.member_app, name="member")
 audit.register(app)

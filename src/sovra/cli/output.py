@@ -605,3 +605,67 @@ def build_panel(result: Record) -> RenderableType:
     ]
     extra: list[RenderableType] = [_metadata_table(result.get("metadata") or {}, "Suggested metadata")]
     return fields_panel("Built image", rows, extra)
+
+
+# Signing keys, signatures and the image lifecycle
+
+
+def signing_key_table(keys: list[Record]) -> RenderableType:
+    """A project's trusted keys: never anything secret (the API only holds public keys)."""
+    if not keys:
+        return Text("No trusted signing keys.", style="dim")
+    result = table("NAME", "ID", "FINGERPRINT", "CREATED?")
+    for key in keys:
+        result.add_row(escape(key["name"]), key["id"], key["fingerprint"], when(key["created_at"]))
+    return result
+
+
+def signing_key_panel(key: Record) -> RenderableType:
+    rows: list[tuple[str, RenderableType]] = [
+        ("id", key["id"]),
+        ("name", escape(key["name"])),
+        ("project", key.get("project_id") or ""),
+        ("fingerprint", key["fingerprint"]),
+        ("created", when(key["created_at"])),
+    ]
+    pem = Text(str(key.get("public_key_pem") or "").strip(), style="dim")
+    return fields_panel(f"Signing key {escape(key['name'])}", rows, [pem])
+
+
+def signature_table(checks: list[Record]) -> RenderableType:
+    """One row per signature of a version: valid or not, the key that verified it, or why not."""
+    if not checks:
+        return Text("The version carries no signature.", style="dim")
+    result = table("#", "VALID", "KEY", "DETAIL")
+    for check in checks:
+        valid = Text("yes", style="green") if check["valid"] else Text("no", style="red")
+        result.add_row(str(check["index"]), valid, check.get("key") or "", escape(check.get("detail") or ""))
+    return result
+
+
+def lifecycle_panel(plan: Record, names: Mapping[str, str], applied: bool = False) -> RenderableType:
+    """What retention and deprecation do next (or just did), and the versions hidden from lists.
+
+    ``names`` maps version ids to their version strings, for the hidden ones.
+    """
+    parts: list[RenderableType] = []
+    if plan["actions"]:
+        result = table(
+            "VERSION", "NOW", "NEXT", "REASON", "AFFECTED SERVERS", title="Applied" if applied else "Plan"
+        )
+        for action in plan["actions"]:
+            servers = ", ".join(s.get("name") or s["id"] for s in action.get("affected_servers") or [])
+            result.add_row(
+                escape(action["version"]),
+                version_state_text(action["current"]),
+                version_state_text(action["target"]),
+                escape(action["reason"]),
+                escape(servers) if servers else Text("none", style="dim"),
+            )
+        parts.append(result)
+    else:
+        parts.append(Text("Nothing to do: every version is where its policy wants it.", style="dim"))
+    hidden = [names.get(version_id, version_id) for version_id in plan.get("hidden") or []]
+    if hidden:
+        parts.append(Text(f"Hidden from default lists (superseded): {', '.join(hidden)}"))
+    return Group(*parts)

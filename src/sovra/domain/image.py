@@ -23,7 +23,7 @@ IMAGE_BLOB_KIND = "ImageBlob"
 
 DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
 _IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9 ._+-]{0,38}[A-Za-z0-9])?$")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._+-]{0,21}[A-Za-z0-9])?$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._+-]{0,20}[A-Za-z0-9])?$")  # "<name>:<version>" ≤ 63
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -77,7 +77,7 @@ def validate_image_name(name: str) -> str:
 def validate_version(version: str) -> str:
     if not _VERSION_RE.fullmatch(version):
         raise InvalidArgument(
-            f"version {version!r} is invalid: 1 to 23 letters, digits, '.', '_', '+' or '-' (e.g. 20241120)",
+            f"version {version!r} is invalid: 1 to 22 letters, digits, '.', '_', '+' or '-' (e.g. 20241120)",
             field="version",
         )
     return version

@@ -153,15 +153,18 @@ def _boot_test(ctx: StepContext) -> dict[str, Any]:
         return {"skipped": "boot test disabled for this version"}
     assert facts.disk_blob is not None and facts.disk_format is not None
     store = _store(ctx)
-    result = boottest.boot_test(
-        store.local_path(facts.disk_blob),
-        facts.disk_format,
-        marker=spec.boot_test.marker,
-        timeout=min(spec.boot_test.timeout_seconds, ctx.remaining_seconds),
-        memory_mib=spec.boot_test.memory_mib,
-        work_dir=store.temporary_dir,
-        check=ctx.check,
-    )
+    try:
+        result = boottest.boot_test(
+            store.local_path(facts.disk_blob),
+            facts.disk_format,
+            marker=spec.boot_test.marker,
+            timeout=min(spec.boot_test.timeout_seconds, ctx.remaining_seconds),
+            memory_mib=spec.boot_test.memory_mib,
+            work_dir=store.temporary_dir,
+            check=ctx.check,
+        )
+    except (boottest.BootTestError, OSError) as exc:  # QEMU missing or unable to start: not the image's fault
+        raise RetryableError("BOOT_TEST_UNAVAILABLE", f"the boot test could not run here: {exc}") from exc
     with ctx.db.write() as conn:
         versions.annotate(conn, version.id, boot_log_tail=result.log_tail)
     if not result.passed:
