@@ -162,3 +162,33 @@ def test_promotion_honours_the_signature_policy(api: LiveServer, tmp_path: Path)
         refused = client.post(f"{url}:promote")
         assert refused.status_code == 409 and "requires a trusted signature" in refused.json()["detail"]
         assert client.get(url).json()["state"] == "deprecated"
+
+
+def test_a_version_carries_at_most_eight_signatures(api: LiveServer, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(64 * 1024))
+    data = disk.read_bytes()
+    pairs = [signing.generate_key_pair(b"p") for _ in range(9)]
+    with api.client() as client:
+        project = _project(client, "many")
+        image = _image(client, project)
+        version = _version(client, image["id"], "1", [])
+        assert _wait(client, _upload(client, version, disk).json()["id"])["state"] == "SUCCEEDED"
+        for index, pair in enumerate(pairs):
+            client.post(
+                f"/v1/projects/{project}/signing-keys",
+                json={"name": f"k{index}", "public_key_pem": pair.public_pem.decode()},
+            )
+        url = f"/v1/images/{image['id']}/versions/{version['id']}"
+        first = _sign(pairs[0], b"p", data)
+        for pair in pairs[:8]:
+            assert (
+                client.post(f"{url}/signatures", json={"signature": _sign(pair, b"p", data)}).status_code
+                == 200
+            )
+        assert (
+            client.post(f"{url}/signatures", json={"signature": first}).status_code == 200
+        )  # a repeat: no-op
+        ninth = client.post(f"{url}/signatures", json={"signature": _sign(pairs[8], b"p", data)})
+        assert ninth.status_code == 409 and "8 signatures" in ninth.json()["detail"]
+        assert len(client.get(url).json()["spec"]["signatures"]) == 8

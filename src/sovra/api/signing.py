@@ -12,11 +12,13 @@ from sovra.api.deps import DB, Context
 from sovra.api.images import ImageVersion, version_of_image
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.domain.errors import Conflict, InvalidArgument
+from sovra.domain.image import ImageVersionSpec
 from sovra.domain.names import validate_name
 from sovra.images import signing, trust
 from sovra.images.versions import facts_of
 from sovra.store import resources as resource_store
 
+MAX_SIGNATURES = ImageVersionSpec.model_fields["signatures"].metadata[0].max_length
 router = APIRouter(prefix="/v1", tags=["signing"], responses=PROBLEM_RESPONSES)
 
 
@@ -138,7 +140,14 @@ def add_signature(image_id: str, version_id: str, body: SignatureAdd, ctx: Conte
             )
         except signing.SigningError as exc:
             raise InvalidArgument(f"signature refused: {exc.message}", field="signature") from exc
-        signatures = [*current.spec.get("signatures", []), body.signature]
+        existing = list(current.spec.get("signatures", []))
+        if body.signature in existing:
+            return ImageVersion.of(current)  # the same signature twice: nothing to add
+        if len(existing) >= MAX_SIGNATURES:
+            raise Conflict(
+                f"version {current.name} already carries {MAX_SIGNATURES} signatures, the most it can"
+            )
+        signatures = [*existing, body.signature]
         updated = resource_store.update(
             conn,
             version_id,
