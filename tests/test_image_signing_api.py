@@ -180,15 +180,11 @@ def test_a_version_carries_at_most_eight_signatures(api: LiveServer, tmp_path: P
                 json={"name": f"k{index}", "public_key_pem": pair.public_pem.decode()},
             )
         url = f"/v1/images/{image['id']}/versions/{version['id']}"
-        first = _sign(pairs[0], b"p", data)
-        for pair in pairs[:8]:
-            assert (
-                client.post(f"{url}/signatures", json={"signature": _sign(pair, b"p", data)}).status_code
-                == 200
-            )
-        assert (
-            client.post(f"{url}/signatures", json={"signature": first}).status_code == 200
-        )  # a repeat: no-op
+        signatures = [_sign(pair, b"p", data) for pair in pairs[:8]]  # ECDSA: every signing differs
+        for signature in signatures:
+            assert client.post(f"{url}/signatures", json={"signature": signature}).status_code == 200
+        repeat = client.post(f"{url}/signatures", json={"signature": signatures[0]})
+        assert repeat.status_code == 200  # the same bytes again: nothing added
         ninth = client.post(f"{url}/signatures", json={"signature": _sign(pairs[8], b"p", data)})
         assert ninth.status_code == 409 and "8 signatures" in ninth.json()["detail"]
         assert len(client.get(url).json()["spec"]["signatures"]) == 8
