@@ -224,3 +224,31 @@ def test_a_version_becomes_active_only_after_it_boots(
             "BOOT_TEST_FAILED"
         )
         assert version["facts"]["boot_log_tail"]
+
+
+def test_an_interrupted_upload_leaves_no_blob_and_a_failed_version(api: LiveServer) -> None:
+    import http.client
+    from urllib.parse import urlparse
+
+    with api.client() as client:
+        image = _image(client, _project(client))
+        version = _version(client, image["id"])
+        target = urlparse(api.url)
+        connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=10)
+        connection.putrequest("PUT", f"/v1/images/{image['id']}/versions/{version['id']}/file")
+        connection.putheader("Authorization", f"Bearer {api.token}")
+        connection.putheader("Content-Type", "application/octet-stream")
+        connection.putheader("Content-Length", str(64 * 1024 * 1024))
+        connection.endheaders()
+        connection.send(os.urandom(3 * 1024 * 1024))  # then the client goes away
+        connection.close()
+        deadline = time.monotonic() + 30
+        while (got := client.get(f"/v1/images/{image['id']}/versions/{version['id']}").json())[
+            "state"
+        ] != "failed":
+            assert time.monotonic() < deadline, got
+            time.sleep(0.1)
+        assert (
+            got["facts"]["failure_reason"].startswith("UPLOAD_INTERRUPTED") and got["facts"]["sha256"] is None
+        )
+    assert _blobs(api) == [] and _leftovers(api) == []
