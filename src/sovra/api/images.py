@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, TextFilter, parse_if_match
 from sovra.api.problems import PROBLEM_RESPONSES
-from sovra.api.schemas import ListResponse
+from sovra.api.schemas import Labels, ListResponse
 from sovra.auth import policy
 from sovra.auth.context import RequestContext
 from sovra.domain.edges import RelatedResource
@@ -54,7 +54,6 @@ from sovra.store.types import utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["images"], responses=PROBLEM_RESPONSES)
-Labels = dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]]
 CHUNK = 1024 * 1024
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, TextFilter, parse_if_match
 from sovra.api.problems import PROBLEM_RESPONSES
-from sovra.api.schemas import ListResponse, RelatedList
+from sovra.api.schemas import Labels, ListResponse, RelatedList
 from sovra.auth.context import RequestContext
 from sovra.domain.errors import Conflict
 from sovra.domain.labels import parse_selector, validate_labels
@@ -27,7 +27,6 @@ from sovra.store.types import utcnow
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=PROBLEM_RESPONSES)
 
-Labels = dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]]
 
 
 class ProjectCreate(BaseModel):

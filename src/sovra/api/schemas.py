@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
 from sovra.domain.edges import RelatedResource
 
 T = TypeVar("T")
+Labels = dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]]
+"""Request-side label maps; keys and values are checked in full by ``domain.labels``."""
 
 
 class ListResponse(BaseModel, Generic[T]):
