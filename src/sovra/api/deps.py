@@ -25,12 +25,12 @@ PageToken = Annotated[str | None, Query(max_length=512, description="next_page_t
 IfMatch = Annotated[str | None, Header(description="ETag of the version you read; 412 if it is stale.")]
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -51,7 +51,7 @@ def authorized_context(request: Request) -> RequestContext:
     if note is not None:
         note.principal = ctx.principal
     _rate_limit(request, ctx.principal)
-    with get_db(request).read() as conn:
+    with request.app.state.db.read() as conn:
         target = policy.resolve(rule, request.path_params, conn)
     if note is not None and target is not None:
         note.project_id = target.project_id  # refused attempts are recorded in the project too

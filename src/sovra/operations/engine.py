@@ -184,8 +184,9 @@ class Worker:
                 self._held.pop(operation.id, None)
 
     def _run_steps(self, operation: Operation, steps: tuple[Step, ...], ctx: StepContext) -> None:
-        with self.db.read() as conn:
-            ctx.results = operation_store.succeeded_steps(conn, operation.id)
+        if operation.attempt > 1:  # a first attempt has no step records yet
+            with self.db.read() as conn:
+                ctx.results = operation_store.succeeded_steps(conn, operation.id)
         for index, step in enumerate(steps):
             if step.name in ctx.results:
                 continue
@@ -198,7 +199,7 @@ class Worker:
                     ),
                 )
                 return
-            if self._out_of_attempts(operation, step):
+            if operation.attempt > 1 and self._out_of_attempts(operation, step):
                 return
             with self.db.write() as conn:
                 step_id = operation_store.start_step(conn, operation.id, self.id, step.name)

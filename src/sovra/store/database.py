@@ -8,6 +8,7 @@ failing half-way; reads stay lock-free under WAL.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,33 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+IDLE_PING_SECONDS = 10.0
+"""A pooled PostgreSQL connection idle longer than this is pinged before use; busy ones are not."""
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping`` costs a round trip on every checkout; ping only connections that sat idle.
+
+    A connection that dies while in use is still invalidated by SQLAlchemy's disconnect handling.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("idle_since", 0.0) < IDLE_PING_SECONDS:
+            return
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            if not dbapi_connection.autocommit:
+                dbapi_connection.rollback()
+        except Exception as exc:
+            raise sa.exc.DisconnectionError() from exc  # the pool replaces it and retries
+
+
 def create_engine(url: str, pool_size: int = 10) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -54,7 +82,9 @@ def create_engine(url: str, pool_size: int = 10) -> Engine:
         engine = sa.create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=False)
         _configure_sqlite(engine)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_size=pool_size, max_overflow=20, pool_recycle=1800)
+    _ping_when_idle(engine)
+    return engine
 
 
 class Database:

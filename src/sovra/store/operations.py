@@ -309,24 +309,37 @@ def failed_attempts(conn: Connection, operation_id: str, step: str) -> int:
 
 
 def start_step(conn: Connection, operation_id: str, worker: str, name: str) -> int:
-    """Record that ``worker`` begins step ``name``; returns the step record's id."""
-    held = conn.execute(sa.select(operations.c.attempt).where(_owned(worker, operation_id))).first()
-    if held is None:
-        raise LeaseLost(operation_id)
-    attempt = failed_attempts(conn, operation_id, name) + 1
-    step_id: int = conn.execute(
-        sa.insert(operation_steps)
-        .values(
-            operation_id=operation_id,
-            name=name,
-            attempt=attempt,
-            worker=worker,
-            state=str(StepState.RUNNING),
-            started_at=utcnow(),
+    """Record that ``worker`` begins step ``name``; returns the step record's id.
+
+    One statement: the insert happens only while ``worker`` holds the lease, and the attempt number
+    counts the failed attempts of the step so far.
+    """
+    failed = (
+        sa.select(sa.func.count())
+        .where(
+            operation_steps.c.operation_id == operation_id,
+            operation_steps.c.name == name,
+            operation_steps.c.state == str(StepState.FAILED),
         )
+        .scalar_subquery()
+    )
+    held = sa.exists().where(_owned(worker, operation_id))
+    values = sa.select(
+        sa.literal(operation_id, operation_steps.c.operation_id.type),
+        sa.literal(name, operation_steps.c.name.type),
+        failed + 1,
+        sa.literal(worker, operation_steps.c.worker.type),
+        sa.literal(str(StepState.RUNNING), operation_steps.c.state.type),
+        sa.literal(utcnow(), operation_steps.c.started_at.type),
+    ).where(held)
+    step_id = conn.execute(
+        sa.insert(operation_steps)
+        .from_select(["operation_id", "name", "attempt", "worker", "state", "started_at"], values)
         .returning(operation_steps.c.id)
-    ).scalar_one()
-    return step_id
+    ).scalar()
+    if step_id is None:
+        raise LeaseLost(operation_id)
+    return int(step_id)
 
 
 def finish_step(
@@ -339,12 +352,13 @@ def finish_step(
     error: ErrorInfo | None = None,
 ) -> None:
     """Close a step record; refused (``LeaseLost``) if the lease moved to another worker."""
-    held = conn.execute(sa.select(operations.c.id).where(_owned(worker, operation_id))).first()
-    if held is None:
-        raise LeaseLost(operation_id)
-    conn.execute(
+    closed = conn.execute(
         sa.update(operation_steps)
-        .where(operation_steps.c.id == step_id, operation_steps.c.state == str(StepState.RUNNING))
+        .where(
+            operation_steps.c.id == step_id,
+            operation_steps.c.state == str(StepState.RUNNING),
+            sa.exists().where(_owned(worker, operation_id)),
+        )
         .values(
             state=str(StepState.FAILED if error else StepState.SUCCEEDED),
             finished_at=utcnow(),
@@ -352,6 +366,11 @@ def finish_step(
             error=error.model_dump(mode="json") if error else None,
         )
     )
+    if closed.rowcount == 1:
+        return
+    held = conn.execute(sa.select(operations.c.id).where(_owned(worker, operation_id))).first()
+    if held is None:
+        raise LeaseLost(operation_id)
 
 
 def set_progress(conn: Connection, operation_id: str, worker: str, progress: int, message: str) -> None:
