@@ -383,7 +383,7 @@ class _Pump:
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=64)  # ~64 server reads
         self.error: BaseException | None = None
         self.cancelled = False
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -403,7 +403,10 @@ class _Pump:
     async def put(self, chunk: bytes) -> None:
         if self.error is not None:
             raise self.error
-        await self._offload(chunk)
+        try:
+            self.chunks.put_nowait(chunk)  # the usual case: no thread hop
+        except queue.Full:
+            await self._offload(chunk)  # back-pressure: wait off the event loop
 
     async def close(self, cancel: bool = False) -> None:
         """Wait for the thread to finish what it was given; raise what it raised."""
@@ -415,17 +418,15 @@ class _Pump:
 
 
 async def _receive(request: Request, ingest: Ingest) -> None:
-    """Feed the request body to ``ingest`` in 1 MiB pieces; abort it on any failure."""
+    """Feed the request body to ``ingest`` as it arrives; abort it on any failure.
+
+    Pieces go as the server read them (about 200 KiB): the inspector re-buffers what it needs, so
+    copying them into bigger chunks here would only cost a pass over every byte."""
     pump = _Pump(ingest)
-    buffer = bytearray()
     try:
         async for piece in request.stream():
-            buffer += piece
-            if len(buffer) >= CHUNK:
-                await pump.put(bytes(buffer))
-                buffer.clear()
-        if buffer:
-            await pump.put(bytes(buffer))
+            if piece:
+                await pump.put(piece)
         await pump.close()
     except BaseException:
         if pump.thread.is_alive():
