@@ -4,6 +4,7 @@ only when nothing uses them."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,15 @@ def test_retired_versions_without_bytes_are_not_served(api: LiveServer, tmp_path
         client.post(f"/v1/images/{image['id']}/lifecycle:apply")
         gone = client.get(f"/v1/images/{image['id']}/versions/{old['id']}/file")
         assert gone.status_code == 409 and "collected" in gone.json()["detail"]
+
+
+def test_housekeeping_sweeps_only_stale_temporary_files(tmp_path: Path) -> None:
+    from sovra.images.blobstore import LocalBlobStore
+
+    store = LocalBlobStore(tmp_path / "blobs")
+    stale, fresh = store.temporary_dir / "incoming-stale", store.temporary_dir / "incoming-fresh"
+    stale.write_bytes(b"a crashed upload")
+    fresh.write_bytes(b"an upload in progress")
+    os.utime(stale, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    assert store.sweep_temporary(older_than_seconds=86400) == 1
+    assert not stale.exists() and fresh.exists()

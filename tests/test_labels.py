@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from sovra.domain.errors import InvalidArgument
-from sovra.domain.labels import Operator, Requirement, matches, parse_selector, validate_labels
+from sovra.domain.labels import Operator, Requirement, parse_selector, validate_labels
 
 
 def test_parses_every_operator() -> None:
@@ -21,23 +21,6 @@ def test_parses_every_operator() -> None:
 
 def test_empty_selector_selects_everything() -> None:
     assert parse_selector("") == [] and parse_selector(None) == []
-    assert matches([], {"a": "b"})
-
-
-@pytest.mark.parametrize(
-    ("selector", "labels", "expected"),
-    [
-        ("env=prod", {"env": "prod"}, True),
-        ("env=prod", {"env": "dev"}, False),
-        ("env!=prod", {}, True),
-        ("tier in (a,b)", {"tier": "b"}, True),
-        ("tier notin (a,b)", {"tier": "b"}, False),
-        ("team,!legacy", {"team": "x"}, True),
-        ("team,!legacy", {"team": "x", "legacy": ""}, False),
-    ],
-)
-def test_matches(selector: str, labels: dict[str, str], expected: bool) -> None:
-    assert matches(parse_selector(selector), labels) is expected
 
 
 @pytest.mark.parametrize(

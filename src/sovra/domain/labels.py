@@ -137,21 +137,3 @@ def parse_selector(text: str | None) -> list[Requirement]:
     if len(text) > 4096:
         raise InvalidArgument("label selector is longer than 4096 characters", field="label_selector")
     return [_parse_term(term) for term in _split_terms(text)]
-
-
-def matches(requirements: list[Requirement], labels: dict[str, str]) -> bool:
-    """Evaluate a parsed selector against a label set (used where SQL is not)."""
-    for req in requirements:
-        present = req.key in labels
-        value = labels.get(req.key)
-        ok = {
-            Operator.EQUALS: value == req.values[0] if req.values else False,
-            Operator.NOT_EQUALS: value != req.values[0] if req.values else True,
-            Operator.IN: value in req.values,
-            Operator.NOT_IN: value not in req.values,
-            Operator.EXISTS: present,
-            Operator.NOT_EXISTS: not present,
-        }[req.operator]
-        if not ok:
-            return False
-    return True

@@ -10,11 +10,13 @@ a remote store).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -149,10 +151,14 @@ class LocalBlobStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def sweep_temporary(self) -> int:
-        """Remove leftovers of writes that never finished (a crash mid-upload)."""
+    def sweep_temporary(self, older_than_seconds: float) -> int:
+        """Remove leftovers of writes that never finished (a crash mid-upload). Only files untouched
+        for ``older_than_seconds`` go: a slow upload in progress keeps writing to its file."""
+        cutoff = time.time() - older_than_seconds
         removed = 0
-        for leftover in self.temporary_dir.glob("incoming-*"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
+        for leftover in self.temporary_dir.glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
         return removed

@@ -199,6 +199,8 @@ def _mark_failed(conn: Connection, operation: Operation) -> None:
 
 
 HOUSEKEEPING_SECONDS = 300
+STALE_WRITE_SECONDS = 24 * 3600
+"""A temporary blob file nobody wrote to for a day belongs to a write that died."""
 
 
 def housekeeping(db: Database, settings: Settings) -> None:
@@ -211,7 +213,9 @@ def housekeeping(db: Database, settings: Settings) -> None:
     for image in images:
         with db.write() as conn:
             lifecycle.apply(conn, image, today)
-    gc.collect(db, LocalBlobStore(settings.resolved_blob_dir))
+    store = LocalBlobStore(settings.resolved_blob_dir)
+    gc.collect(db, store)
+    store.sweep_temporary(older_than_seconds=STALE_WRITE_SECONDS)
 
 
 def register(registry: Registry) -> None:
