@@ -129,13 +129,7 @@ NOT_IN_SCHEMA = {("GET", "/metrics")}  # served, but left out of /openapi.json
 # Cells where the implementation is known to differ from the table, with what it answers instead.
 # A test with such a cell still checks every other cell, then is reported as xfail; once the bug
 # is fixed the cell matches and the test fails until the entry is removed here.
-KNOWN_MISMATCHES: dict[tuple[Route, str], int] = {
-    # Admin-only routes are checked before the target is looked up, so another tenant learns
-    # "forbidden" rather than "not found" for project A and its edges (the same answer as for a
-    # random id, so nothing leaks, but not the 404 the model asks for).
-    (("DELETE", "/v1/projects/{project_id}"), "member_b"): 403,
-    (("DELETE", "/v1/edges/{source_id}/{edge_type}/{target_id}"), "member_b"): 403,
-}
+KNOWN_MISMATCHES: dict[tuple[Route, str], int] = {}
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 

@@ -35,9 +35,13 @@ class Scope(Enum):
 
 @dataclass(frozen=True)
 class Rule:
+    """``lookup`` lets a GLOBAL (admin-only) rule still answer 404 rather than 403 to callers who
+    cannot see the target: it names how the path parameter is found (a PROJECT or a RESOURCE)."""
+
     role: Role
     scope: Scope
     param: str | None = None
+    lookup: Scope | None = None
 
 
 R, M, G, A = Role.READER, Role.MEMBER, Role.MANAGER, Role.ADMIN
@@ -52,7 +56,7 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("POST", "/v1/projects"): Rule(A, Scope.GLOBAL),
     ("GET", "/v1/projects/{project_id}"): Rule(R, Scope.PROJECT, "project_id"),
     ("PATCH", "/v1/projects/{project_id}"): Rule(G, Scope.PROJECT, "project_id"),
-    ("DELETE", "/v1/projects/{project_id}"): Rule(A, Scope.GLOBAL),
+    ("DELETE", "/v1/projects/{project_id}"): Rule(A, Scope.GLOBAL, "project_id", lookup=Scope.PROJECT),
     ("GET", "/v1/projects/{project_id}/teardown-order"): Rule(R, Scope.PROJECT, "project_id"),
     # members and tokens
     ("GET", "/v1/projects/{project_id}/members"): Rule(G, Scope.PROJECT, "project_id"),
@@ -69,7 +73,9 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("POST", "/v1/operations/{operation_id}:cancel"): Rule(M, Scope.OPERATION, "operation_id"),
     # graph
     ("POST", "/v1/edges"): Rule(A, Scope.GLOBAL),
-    ("DELETE", "/v1/edges/{source_id}/{edge_type}/{target_id}"): Rule(A, Scope.GLOBAL),
+    ("DELETE", "/v1/edges/{source_id}/{edge_type}/{target_id}"): Rule(
+        A, Scope.GLOBAL, "source_id", lookup=Scope.RESOURCE
+    ),
     ("GET", "/v1/resources/{resource_id}/edges"): Rule(R, Scope.RESOURCE, "resource_id"),
     ("GET", "/v1/resources/{resource_id}/dependents"): Rule(R, Scope.RESOURCE, "resource_id"),
     ("GET", "/v1/resources/{resource_id}/dependencies"): Rule(R, Scope.RESOURCE, "resource_id"),
@@ -145,6 +151,11 @@ def _hidden(rule: Rule, value: str) -> NotFound:
 
 def resolve(rule: Rule, path_params: Mapping[str, str], conn: Connection) -> Target | None:
     """What the request acts on (None for routes not tied to one); NotFound if it does not exist."""
+    if rule.scope == Scope.GLOBAL and rule.lookup is not None and rule.param is not None:
+        try:  # only to tell callers who cannot see it "not found"; the handler does the real work
+            return _target_of(conn, Rule(rule.role, rule.lookup, rule.param), path_params[rule.param])
+        except NotFound:
+            return None
     if rule.scope in (Scope.PUBLIC, Scope.CALLER, Scope.GLOBAL):
         return None
     assert rule.param is not None
@@ -160,9 +171,13 @@ def check(ctx: RequestContext, rule: Rule, target: Target | None, path_params: M
     if rule.scope in (Scope.PUBLIC, Scope.CALLER):
         return
     if rule.scope == Scope.GLOBAL:
-        if not ctx.is_admin and rule.role > Role.READER:
-            raise Forbidden(f"this needs the {rule.role} role, which {ctx.display_name} does not hold")
-        return
+        if ctx.is_admin or rule.role == Role.READER:
+            return
+        if rule.lookup is not None and rule.param is not None:
+            visible = target is not None and (target.public or ctx.role_in(target.project_id) is not None)
+            if not visible:
+                raise _hidden(Rule(rule.role, rule.lookup, rule.param), path_params[rule.param])
+        raise Forbidden(f"this needs the {rule.role} role, which {ctx.display_name} does not hold")
     assert target is not None and rule.param is not None
     if ctx.is_admin or (target.creator is not None and target.creator == ctx.principal):
         return  # admins may do anything; callers may always manage their own tokens
