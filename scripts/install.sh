@@ -11,6 +11,8 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config curl ca-certificates
   # images: qemu-img for conversion, QEMU (TCG) for boot tests, and what `sovra image build` uses
   qemu-utils qemu-system-x86 busybox-static mtools dosfstools fdisk syslinux syslinux-common xorriso
+  # hosts: libvirt-python builds against libvirt-dev; ssh for qemu+ssh:// hosts
+  libvirt-dev openssh-client
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -7,6 +7,8 @@ cd "$ROOT"
 bash scripts/install.sh --dev
 source scripts/lib/postgres.sh
 ensure_postgres
+source scripts/lib/libvirt.sh
+ensure_libvirt
 
 echo "==> ruff"
 .venv/bin/ruff check src tests bench

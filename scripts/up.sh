@@ -4,5 +4,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 bash "$ROOT/scripts/install.sh"
+source "$ROOT/scripts/lib/libvirt.sh"
+ensure_libvirt
 export SOVRA_DATA_DIR="${SOVRA_DATA_DIR:-/var/lib/sovra}"
 exec "$ROOT/.venv/bin/sovra" up "$@"

@@ -11,7 +11,7 @@ from sovra.store.database import Database
 from tests.support.databases import empty_all_tables, migrated, temporary_postgres_database
 from tests.support.live_server import LiveServer, live_server
 
-pytest_plugins = ["tests.support.guest_images"]
+pytest_plugins = ["tests.support.guest_images", "tests.support.libvirt_daemon"]
 
 BACKENDS = ["sqlite", "postgresql"]
 

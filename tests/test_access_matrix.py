@@ -37,6 +37,7 @@ from sovra.domain.identity import Role
 from sovra.domain.image import VersionState
 from sovra.images import signing, versions
 from sovra.store import bindings
+from sovra.store import resources as resource_store
 from sovra.store.database import Database
 from tests.support.databases import empty_all_tables, migrated
 from tests.support.live_server import LiveServer, live_server
@@ -73,6 +74,13 @@ EXPECTED: dict[Route, str] = {
     ("GET", "/v1/operations"):                                    "401 401 ok  ok  ok  ok  ok",
     ("GET", "/v1/tokens"):                                        "401 401 ok  ok  ok  ok  ok",
     ("GET", "/v1/audit"):                                         "401 401 ok  ok  ok  ok  ok",
+    # hosts: the provider's machines, admins only
+    ("GET", "/v1/hosts"):                                         "401 401 403 403 403 403 ok",
+    ("POST", "/v1/hosts"):                                        "401 401 403 403 403 403 ok",
+    ("GET", "/v1/hosts/{host_id}"):                               "401 401 403 403 403 403 ok",
+    ("PATCH", "/v1/hosts/{host_id}"):                             "401 401 403 403 403 403 ok",
+    ("DELETE", "/v1/hosts/{host_id}"):                            "401 401 403 403 403 403 ok",
+    ("POST", "/v1/hosts/{host_id}:refresh"):                      "401 401 403 403 403 403 ok",
     # projects: admins create and delete them; managers may edit their project
     ("POST", "/v1/projects"):                                     "401 401 403 403 403 403 ok",
     ("GET", "/v1/projects/{project_id}"):                         "401 401 ok  ok  ok  404 ok",
@@ -351,8 +359,29 @@ def _path_params(w: World, route: Route, who: str) -> dict[str, str]:
             else w.image_a
         ),
         "key_id": lambda: _new_key(w.client("admin"), w.project_a),
+        "host_id": lambda: _stored_host(w.db),
     }
     return {name: values[name]() for name in names}
+
+
+def _host_body() -> dict[str, Any]:
+    name = unique("host")
+    return {"name": name, "spec": {"uri": f"fake://{name}?cpus=2&memory_mib=2048"}}
+
+
+def _stored_host(db: Database) -> str:
+    """A registered host with no operation pending (this module's server runs no workers)."""
+    body = _host_body()
+    with db.write() as conn:
+        return resource_store.create(
+            conn,
+            kind="Host",
+            name=body["name"],
+            project_id=None,
+            labels={},
+            spec=body["spec"],
+            state="enabled",
+        ).id
 
 
 def _new_edge_body(w: World) -> dict[str, str]:
@@ -373,6 +402,8 @@ BODIES: dict[Route, Callable[[World], dict[str, Any] | bytes]] = {
     ("PUT", "/v1/images/{image_id}/versions/{version_id}/file"): lambda w: RAW_DISK,
     ("POST", "/v1/images/{image_id}/versions/{version_id}/signatures"): lambda w: {"signature": SIGNATURE},
     ("POST", "/v1/projects/{project_id}/signing-keys"): lambda w: _key_body(),
+    ("POST", "/v1/hosts"): lambda w: _host_body(),
+    ("PATCH", "/v1/hosts/{host_id}"): lambda w: {"labels": {"touched": "yes"}},
 }
 
 

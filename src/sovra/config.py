@@ -51,6 +51,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Private networks image imports may reach anyway (e.g. an internal mirror's CIDR).",
     )
+    host_uri_schemes: list[str] = Field(
+        default_factory=lambda: ["qemu", "qemu+ssh", "qemu+tls", "test", "fake"],
+        description="libvirt transports hosts may be registered with (e.g. drop qemu+ssh to require TLS).",
+    )
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register operation handlers."
     )

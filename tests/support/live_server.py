@@ -62,7 +62,7 @@ def live_server(
         poll_seconds=0.05,
         plugins=plugins or [],
         admin_token=token,
-        **overrides,
+        **{"host_uri_schemes": ["qemu", "test", "fake"], **overrides},  # tests never reach other machines
     )
     db = Database(database_url)
     stop = threading.Event()

@@ -22,6 +22,7 @@ from sovra.api import (
     audit,
     graph,
     health,
+    hosts,
     identity,
     images,
     operations,
@@ -184,7 +185,7 @@ def create_app(settings: Settings, db: Database, oidc: TokenVerifier | None = No
     app.state.blobs = LocalBlobStore(settings.resolved_blob_dir)
     app.state.registry = default_registry(settings.plugins)  # for the hooks of cancelled operations
     problems.install(app)
-    for module in (projects, tokens, identity, images, signing, operations, graph, audit, health):
+    for module in (projects, tokens, identity, images, signing, hosts, operations, graph, audit, health):
         app.include_router(module.router)
     _check_every_route_has_a_rule(app)
     app.add_middleware(

@@ -28,6 +28,7 @@ _KINDS = {
     "edges": "Edge",
     "resources": "Resource",
     "images": "Image",
+    "hosts": "Host",
     "versions": "ImageVersion",
     "signing-keys": "SigningKey",
     "signatures": "Signature",

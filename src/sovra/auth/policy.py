@@ -81,6 +81,13 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("GET", "/v1/resources/{resource_id}/dependencies"): Rule(R, Scope.RESOURCE, "resource_id"),
     # audit
     ("GET", "/v1/audit"): Rule(R, Scope.CALLER),
+    # hosts: the provider's machines, admins only
+    ("GET", "/v1/hosts"): Rule(A, Scope.GLOBAL),
+    ("POST", "/v1/hosts"): Rule(A, Scope.GLOBAL),
+    ("GET", "/v1/hosts/{host_id}"): Rule(A, Scope.GLOBAL),
+    ("PATCH", "/v1/hosts/{host_id}"): Rule(A, Scope.GLOBAL),
+    ("DELETE", "/v1/hosts/{host_id}"): Rule(A, Scope.GLOBAL),
+    ("POST", "/v1/hosts/{host_id}:refresh"): Rule(A, Scope.GLOBAL),
     # images
     ("GET", "/v1/images"): Rule(R, Scope.CALLER),
     ("POST", "/v1/projects/{project_id}/images"): Rule(M, Scope.PROJECT, "project_id"),

@@ -96,11 +96,13 @@ class Registry:
 
 def default_registry(plugins: Iterable[str] = ()) -> Registry:
     """The built-in handlers plus those of the configured plugin modules."""
+    from sovra.compute import hosts
     from sovra.images import pipeline
     from sovra.operations import builtin
 
     registry = Registry()
     builtin.register(registry)
     pipeline.register(registry)
+    hosts.register(registry)
     registry.load_plugins(plugins)
     return registry

@@ -1,0 +1,1 @@
+"""Hosts, flavors, the scheduler and server workflows."""
