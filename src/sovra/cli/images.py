@@ -268,6 +268,11 @@ def resolve_image(client: SovraClient, ref: str, project: str | None = None) -> 
     )
 
 
+def version_of(client: SovraClient, image_ref: str, version_ref: str, project: str | None) -> Record:
+    """The version ``version_ref`` of the image ``image_ref`` names."""
+    return resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+
+
 def resolve_version(client: SovraClient, image: Record, ref: str) -> Record:
     """The version of ``image`` that ``ref`` names: its id, its version string or ``image:version``."""
     versions = f"{image_path(image['id'])}/versions"
@@ -678,7 +683,7 @@ def show_version(
 ) -> None:
     """One version: its state, what was measured about its bytes, and its metadata."""
     with connect(url) as client:
-        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        version = version_of(client, image_ref, version_ref, project)
     emit(output, version, image_version_panel)
 
 
@@ -692,7 +697,7 @@ def delete_version(
 ) -> None:
     """Delete a version (refused while an operation runs on it or a server uses it)."""
     with connect(url) as client:
-        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        version = version_of(client, image_ref, version_ref, project)
         client.request("DELETE", version_path(version))
     if output is OutputFormat.JSON:
         print_json(version)
@@ -870,7 +875,7 @@ def download(
     part = file.with_name(file.name + ".part")
     display = _display(output)
     with _connect(url) as client:
-        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        version = version_of(client, image_ref, version_ref, project)
         try:
             received = _receive(client, version, part, byte_range, display)
             verified = _verify(received, part)
@@ -1045,7 +1050,7 @@ def sign(
     of the project's trusted keys (`sovra key list`) verifies it.
     """
     with connect(url) as client:
-        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        version = version_of(client, image_ref, version_ref, project)
         sha256 = _signed_sha256(version)
         if len(version["spec"].get("signatures") or []) >= MAX_SIGNATURES:
             raise CliError(
@@ -1173,7 +1178,7 @@ def verify(
     """
     keys = load_public_keys(key or [])  # unreadable keys fail before anything is asked of the API
     with connect(url) as client:
-        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        version = version_of(client, image_ref, version_ref, project)
         listed = client.get(f"{version_path(version)}/signatures")
     sha256: str | None = listed.get("sha256")
     items: list[Record] = listed.get("items") or []
@@ -1264,7 +1269,7 @@ def _move(
     image_ref: str, version_ref: str, verb: str, project: str | None, output: OutputFormat, url: str | None
 ) -> Record:
     with connect(url) as client:
-        version = resolve_version(client, resolve_image(client, image_ref, project), version_ref)
+        version = version_of(client, image_ref, version_ref, project)
         try:
             moved: Record = client.post(f"{version_path(version)}:{verb}")
         except ApiError as exc:
