@@ -325,3 +325,44 @@ def environment() -> dict[str, object]:
         "synchronous_commit": sync[0] if sync else "?",
         "python": sys.version.split()[0],
     }
+
+
+# -- a Sovra API as users drive it ---------------------------------------------------------------
+
+
+def wait_operation(client: Any, operation_id: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Poll ``GET /v1/operations/{id}`` (``client``: an ``httpx.Client`` with base URL and token)
+    until the operation ends; return it when it SUCCEEDED, raise with its error otherwise."""
+    found: dict[str, Any] = {}
+
+    def ended() -> bool:
+        found.update(client.get(f"/v1/operations/{operation_id}").json())
+        return found.get("state") in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+    wait_until(ended, timeout, f"operation {operation_id}", interval=0.1)
+    if found["state"] != "SUCCEEDED":
+        raise RuntimeError(
+            f"operation {operation_id} ({found['verb']}) ended {found['state']}: {found.get('error')}"
+        )
+    return found
+
+
+def upload_image_version(
+    client: Any, project_id: str, path: Path, metadata: Mapping[str, object], **spec: Any
+) -> dict[str, Any]:
+    """A new image with one version holding ``path``'s bytes, uploaded and prepared (boot test off)
+    until it is active, as ``tests/support/compute.py`` does it; returns the version."""
+    image = client.post(f"/v1/projects/{project_id}/images", json={"name": f"bench-{secrets.token_hex(3)}"})
+    image.raise_for_status()
+    body = {"version": "1", "metadata": dict(metadata), "boot_test": {"enabled": False}, **spec}
+    response = client.post(f"/v1/images/{image.json()['id']}/versions", json=body)
+    response.raise_for_status()
+    version: dict[str, Any] = response.json()
+    upload = client.put(
+        f"/v1/images/{version['image_id']}/versions/{version['id']}/file",
+        content=path.read_bytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    upload.raise_for_status()
+    wait_operation(client, upload.json()["id"], timeout=300)
+    return version

@@ -32,9 +32,11 @@ from typing import Any
 import httpx
 import pytest
 
+from sovra.compute import flavors
 from sovra.domain.edges import EdgeType
 from sovra.domain.identity import Role
 from sovra.domain.image import VersionState
+from sovra.domain.keypair import generate as generate_keypair
 from sovra.images import signing, versions
 from sovra.store import bindings
 from sovra.store import resources as resource_store
@@ -81,6 +83,12 @@ EXPECTED: dict[Route, str] = {
     ("PATCH", "/v1/hosts/{host_id}"):                             "401 401 403 403 403 403 ok",
     ("DELETE", "/v1/hosts/{host_id}"):                            "401 401 403 403 403 403 ok",
     ("POST", "/v1/hosts/{host_id}:refresh"):                      "401 401 403 403 403 403 ok",
+    # flavors: the provider's global, public catalogue; every caller reads it, admins change it
+    ("GET", "/v1/flavors"):                                       "401 401 ok  ok  ok  ok  ok",
+    ("POST", "/v1/flavors"):                                      "401 401 403 403 403 403 ok",
+    ("GET", "/v1/flavors/{flavor_id}"):                           "401 401 ok  ok  ok  ok  ok",
+    ("PATCH", "/v1/flavors/{flavor_id}"):                         "401 401 403 403 403 403 ok",
+    ("DELETE", "/v1/flavors/{flavor_id}"):                        "401 401 403 403 403 403 ok",
     # projects: admins create and delete them; managers may edit their project
     ("POST", "/v1/projects"):                                     "401 401 403 403 403 403 ok",
     ("GET", "/v1/projects/{project_id}"):                         "401 401 ok  ok  ok  404 ok",
@@ -130,6 +138,30 @@ EXPECTED: dict[Route, str] = {
     ("GET", "/v1/projects/{project_id}/signing-keys"):            "401 401 ok  ok  ok  404 ok",
     ("POST", "/v1/projects/{project_id}/signing-keys"):           "401 401 403 403 ok  404 ok",
     ("DELETE", "/v1/signing-keys/{key_id}"):                      "401 401 403 403 ok  404 ok",
+    # SSH key pairs and server groups: the project's resources, like images
+    ("GET", "/v1/keypairs"):                                      "401 401 ok  ok  ok  ok  ok",
+    ("POST", "/v1/projects/{project_id}/keypairs"):               "401 401 403 ok  ok  404 ok",
+    ("GET", "/v1/keypairs/{keypair_id}"):                         "401 401 ok  ok  ok  404 ok",
+    ("DELETE", "/v1/keypairs/{keypair_id}"):                      "401 401 403 ok  ok  404 ok",
+    ("GET", "/v1/server-groups"):                                 "401 401 ok  ok  ok  ok  ok",
+    ("POST", "/v1/projects/{project_id}/server-groups"):          "401 401 403 ok  ok  404 ok",
+    ("GET", "/v1/server-groups/{group_id}"):                      "401 401 ok  ok  ok  404 ok",
+    ("PATCH", "/v1/server-groups/{group_id}"):                    "401 401 403 ok  ok  404 ok",
+    ("DELETE", "/v1/server-groups/{group_id}"):                   "401 401 403 ok  ok  404 ok",
+    # servers: the project's resources; readers look, members operate them; the console may show
+    # secrets the guest prints, so it takes a member
+    ("GET", "/v1/servers"):                                       "401 401 ok  ok  ok  ok  ok",
+    ("POST", "/v1/projects/{project_id}/servers"):                "401 401 403 ok  ok  404 ok",
+    ("GET", "/v1/servers/{server_id}"):                           "401 401 ok  ok  ok  404 ok",
+    ("PATCH", "/v1/servers/{server_id}"):                         "401 401 403 ok  ok  404 ok",
+    ("DELETE", "/v1/servers/{server_id}"):                        "401 401 403 ok  ok  404 ok",
+    ("POST", "/v1/servers/{server_id}:start"):                    "401 401 403 ok  ok  404 ok",
+    ("POST", "/v1/servers/{server_id}:stop"):                     "401 401 403 ok  ok  404 ok",
+    ("POST", "/v1/servers/{server_id}:reboot"):                   "401 401 403 ok  ok  404 ok",
+    ("POST", "/v1/servers/{server_id}:resize"):                   "401 401 403 ok  ok  404 ok",
+    ("POST", "/v1/servers/{server_id}:rebuild"):                  "401 401 403 ok  ok  404 ok",
+    ("POST", "/v1/servers/{server_id}:snapshot"):                 "401 401 403 ok  ok  404 ok",
+    ("GET", "/v1/servers/{server_id}/console"):                   "401 401 403 ok  ok  404 ok",
 }  # fmt: skip
 
 NOT_IN_SCHEMA = {("GET", "/metrics")}  # served, but left out of /openapi.json
@@ -261,7 +293,8 @@ def _build_world(server: LiveServer) -> World:
         assert uploaded.status_code == 202, uploaded.text
         _new_key(admin, project_a)  # A trusts SIGNER, so SIGNATURE verifies for version_a
     db = server.db
-    a1, a2, b1 = store_resource(db, project_a), store_resource(db, project_a), store_resource(db, project_b)
+    # stand-ins for the graph routes (not Servers: those have a spec the servers routes read)
+    a1, a2, b1 = (store_resource(db, p, kind="Widget") for p in (project_a, project_a, project_b))
     store_edge(db, a1, EdgeType.USES, a2)
     store_edge(db, b1, EdgeType.USES, a2)  # another tenant uses one of A's servers
     return World(
@@ -360,6 +393,10 @@ def _path_params(w: World, route: Route, who: str) -> dict[str, str]:
         ),
         "key_id": lambda: _new_key(w.client("admin"), w.project_a),
         "host_id": lambda: _stored_host(w.db),
+        "keypair_id": lambda: _stored(w.db, w.project_a, "KeyPair", KEYPAIR_SPEC),
+        "group_id": lambda: _stored(w.db, w.project_a, "ServerGroup", GROUP_SPEC),
+        "flavor_id": lambda: _stored_flavor(w.db),
+        "server_id": lambda: _stored_server(w, "SHUTOFF" if path.endswith(":start") else "ACTIVE"),
     }
     return {name: values[name]() for name in names}
 
@@ -384,6 +421,85 @@ def _stored_host(db: Database) -> str:
         ).id
 
 
+FLAVOR_SPEC = {"vcpus": 1, "ram_mib": 512, "disk_gib": 0, "extra_specs": {}, "description": ""}
+
+
+def _stored_flavor(db: Database) -> str:
+    """A fresh flavor per call (deleting one uses it up)."""
+    with db.write() as conn:
+        return resource_store.create(
+            conn,
+            kind="Flavor",
+            name=unique("flavor"),
+            project_id=None,
+            labels={},
+            spec=FLAVOR_SPEC,
+            state="active",
+            public=True,
+        ).id
+
+
+KEYPAIR_SPEC = generate_keypair("access").spec.model_dump(mode="json")
+GROUP_SPEC = {"policy": "anti-affinity"}
+
+
+def _stored(db: Database, project_id: str, kind: str, spec: dict[str, Any]) -> str:
+    """A fresh resource of ``kind`` in ``project_id`` per call (deleting one uses it up)."""
+    with db.write() as conn:
+        return resource_store.create(
+            conn,
+            kind=kind,
+            name=unique(kind.lower()),
+            project_id=project_id,
+            labels={},
+            spec=spec,
+            state="ACTIVE",
+        ).id
+
+
+def _active_version(w: World) -> str:
+    """A version of image A that may back servers: active, with a disk (no bytes needed: no worker
+    ever runs the operations these calls queue)."""
+    version_id = _new_version(w.client("admin"), w.image_a)
+    _move(w, version_id, VersionState.VALIDATING, VersionState.TESTING, VersionState.ACTIVE)
+    with w.db.write() as conn:
+        versions.annotate(conn, version_id, disk_blob="0" * 64, disk_format="qcow2", virtual_size=2**20)
+    return version_id
+
+
+def _stored_server(w: World, state: str) -> str:
+    """A server of project A in ``state``, placed on a (never contacted) host, with no operation."""
+    version_id = _active_version(w)
+    host_id = _stored_host(w.db)
+    with w.db.write() as conn:
+        flavor = flavors.find(conn, "SCS-1V-2")
+        server = resource_store.create(
+            conn,
+            kind="Server",
+            name=unique("server"),
+            project_id=w.project_a,
+            labels={},
+            spec={"image_version_id": version_id, "flavor_id": flavor.id, "hostname": "vm"},
+            state=state,
+        )
+        facts = {
+            "host": {"id": host_id, "name": "h", "uri": "fake://matrix", "accelerator": "kvm"},
+            "flavor": {"id": flavor.id, "name": flavor.name, **flavor.spec},
+            "image": {
+                "version_id": version_id,
+                "name": "v",
+                "digest": "0" * 64,
+                "disk_format": "qcow2",
+                "virtual_size": 2**20,
+                "min_disk": 1,
+                "min_ram": 128,
+                "architecture": "x86_64",
+            },
+        }
+        resource_store.update_status(conn, server.id, lambda s: s.model_copy(update=facts))
+    return server.id
+
+
 def _new_edge_body(w: World) -> dict[str, str]:
     source, target = store_resource(w.db, w.project_a), store_resource(w.db, w.project_a)
     return {"source_id": source, "target_id": target, "type": "uses"}
@@ -403,7 +519,27 @@ BODIES: dict[Route, Callable[[World], dict[str, Any] | bytes]] = {
     ("POST", "/v1/images/{image_id}/versions/{version_id}/signatures"): lambda w: {"signature": SIGNATURE},
     ("POST", "/v1/projects/{project_id}/signing-keys"): lambda w: _key_body(),
     ("POST", "/v1/hosts"): lambda w: _host_body(),
+    ("POST", "/v1/projects/{project_id}/keypairs"): lambda w: {"name": unique("kp")},  # generated
+    ("POST", "/v1/projects/{project_id}/server-groups"): lambda w: {
+        "name": unique("group"),
+        "spec": {"policy": "affinity"},
+    },
+    ("PATCH", "/v1/server-groups/{group_id}"): lambda w: {"labels": {"touched": "yes"}},
     ("PATCH", "/v1/hosts/{host_id}"): lambda w: {"labels": {"touched": "yes"}},
+    ("POST", "/v1/flavors"): lambda w: {"name": unique("flavor"), "spec": FLAVOR_SPEC},
+    ("PATCH", "/v1/flavors/{flavor_id}"): lambda w: {"labels": {"touched": "yes"}},
+    ("POST", "/v1/projects/{project_id}/servers"): lambda w: {
+        "name": unique("vm"),
+        "image": _active_version(w),
+        "flavor": "SCS-1V-2",
+    },
+    ("PATCH", "/v1/servers/{server_id}"): lambda w: {"labels": {"touched": "yes"}},
+    ("POST", "/v1/servers/{server_id}:start"): lambda w: {},
+    ("POST", "/v1/servers/{server_id}:stop"): lambda w: {"grace_seconds": 0},
+    ("POST", "/v1/servers/{server_id}:reboot"): lambda w: {"hard": True},
+    ("POST", "/v1/servers/{server_id}:rebuild"): lambda w: {},
+    ("POST", "/v1/servers/{server_id}:resize"): lambda w: {"flavor": "SCS-2V-4"},
+    ("POST", "/v1/servers/{server_id}:snapshot"): lambda w: {"image_id": w.image_a, "version": unique("s")},
 }
 
 
@@ -497,6 +633,9 @@ def _hidden_and_missing(world: World) -> list[tuple[str, httpx.Response, httpx.R
         ("POST", "/v1/images/{}/versions", w.image_a, _version_body()),
         ("GET", "/v1/projects/{}/signing-keys", w.project_a, None),
         ("DELETE", "/v1/signing-keys/{}", _new_key(w.client("admin"), w.project_a), None),
+        ("GET", "/v1/keypairs/{}", _stored(w.db, w.project_a, "KeyPair", KEYPAIR_SPEC), None),
+        ("POST", "/v1/projects/{}/keypairs", w.project_a, {"name": "kp"}),
+        ("PATCH", "/v1/server-groups/{}", _stored(w.db, w.project_a, "ServerGroup", GROUP_SPEC), {}),
     ]
     answers = []
     client = w.client("member_b")

@@ -7,6 +7,7 @@ Pointing ``SOVRA_DATABASE_URL`` at PostgreSQL switches the store to it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,23 @@ class Settings(BaseSettings):
     host_uri_schemes: list[str] = Field(
         default_factory=lambda: ["qemu", "qemu+ssh", "qemu+tls", "test", "fake"],
         description="libvirt transports hosts may be registered with (e.g. drop qemu+ssh to require TLS).",
+    )
+    local_host_uri: str = Field(
+        default="qemu:///system",
+        description="`sovra up` registers this libvirt URI as host 'local' when no host exists yet and it "
+        "answers; empty to never do that.",
+    )
+    scheduler_weigher: Literal["spread", "pack"] = Field(
+        default="spread", description="spread: most free RAM first; pack: least free RAM first."
+    )
+    scheduler_subset_size: int = Field(
+        default=3, ge=1, le=100, description="Pick at random among this many best hosts (fewer races)."
+    )
+    scheduler_max_attempts: int = Field(
+        default=5, ge=1, le=50, description="Claims a placement may lose to other schedulers before failing."
+    )
+    server_stop_grace_seconds: float = Field(
+        default=60.0, ge=0, le=3600, description="How long a stop waits for the guest before it is forced."
     )
     plugins: list[str] = Field(
         default_factory=list, description="Extra modules that register operation handlers."

@@ -39,6 +39,21 @@ STEP_DURATION = Histogram(
     "Time spent in one step attempt, by verb and step.",
     ["verb", "step"],
 )
+PLACEMENTS = Counter(
+    "sovra_scheduler_placements_total",
+    "Placement requests by outcome: placed, existing (a retried request) or no_valid_host.",
+    ["outcome"],
+)
+CLAIM_CONFLICTS = Counter(
+    "sovra_scheduler_claim_conflicts_total",
+    "Claims lost to a concurrent scheduler (the host changed since it was selected); each is retried.",
+)
+PLACEMENT_DURATION = Histogram(
+    "sovra_scheduler_placement_duration_seconds",
+    "Time to place one server, claim included, by outcome.",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 
 class OperationsCollector(Collector):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -42,7 +43,11 @@ def migrated(url: str) -> Database:
     return db
 
 
+STANDARD_FLAVORS_MIGRATION = importlib.import_module("sovra.store.migrations.versions.0005_standard_flavors")
+
+
 def empty_all_tables(db: Database) -> None:
+    """Back to what a fresh migration leaves: no rows but the data migrations' (standard flavors)."""
     tables = ", ".join(t.name for t in metadata.sorted_tables)
     with db.write() as conn:
         if db.is_postgresql:
@@ -50,3 +55,4 @@ def empty_all_tables(db: Database) -> None:
         else:
             for table in reversed(metadata.sorted_tables):
                 conn.execute(table.delete())
+        STANDARD_FLAVORS_MIGRATION.insert_standard_flavors(conn)

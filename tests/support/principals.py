@@ -114,7 +114,7 @@ def store_project(db: Database, name: str | None = None) -> str:
         ).id
 
 
-def store_resource(db: Database, project_id: str | None, kind: str = "Server") -> str:
+def store_resource(db: Database, project_id: str | None, kind: str = "Widget") -> str:
     """A resource of ``project_id`` (owned by it through an ``owns`` edge), straight into the store."""
     with db.write() as conn:
         return resource_store.create(

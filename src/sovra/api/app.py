@@ -20,14 +20,18 @@ import sovra
 from sovra import metrics
 from sovra.api import (
     audit,
+    flavors,
     graph,
     health,
     hosts,
     identity,
     images,
+    keypairs,
     operations,
     problems,
     projects,
+    server_groups,
+    servers,
     signing,
     tokens,
 )
@@ -185,7 +189,22 @@ def create_app(settings: Settings, db: Database, oidc: TokenVerifier | None = No
     app.state.blobs = LocalBlobStore(settings.resolved_blob_dir)
     app.state.registry = default_registry(settings.plugins)  # for the hooks of cancelled operations
     problems.install(app)
-    for module in (projects, tokens, identity, images, signing, hosts, operations, graph, audit, health):
+    for module in (
+        projects,
+        tokens,
+        identity,
+        images,
+        signing,
+        hosts,
+        flavors,
+        keypairs,
+        server_groups,
+        servers,
+        operations,
+        graph,
+        audit,
+        health,
+    ):
         app.include_router(module.router)
     _check_every_route_has_a_rule(app)
     app.add_middleware(

@@ -32,6 +32,10 @@ _KINDS = {
     "versions": "ImageVersion",
     "signing-keys": "SigningKey",
     "signatures": "Signature",
+    "flavors": "Flavor",
+    "keypairs": "KeyPair",
+    "server-groups": "ServerGroup",
+    "servers": "Server",
 }
 
 

@@ -28,7 +28,6 @@ from sovra.store.types import utcnow
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=PROBLEM_RESPONSES)
 
 
-
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -88,6 +88,12 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("PATCH", "/v1/hosts/{host_id}"): Rule(A, Scope.GLOBAL),
     ("DELETE", "/v1/hosts/{host_id}"): Rule(A, Scope.GLOBAL),
     ("POST", "/v1/hosts/{host_id}:refresh"): Rule(A, Scope.GLOBAL),
+    # flavors: the provider's global, public catalogue; everyone reads it, admins change it
+    ("GET", "/v1/flavors"): Rule(R, Scope.CALLER),
+    ("POST", "/v1/flavors"): Rule(A, Scope.GLOBAL),
+    ("GET", "/v1/flavors/{flavor_id}"): Rule(R, Scope.CALLER),
+    ("PATCH", "/v1/flavors/{flavor_id}"): Rule(A, Scope.GLOBAL),
+    ("DELETE", "/v1/flavors/{flavor_id}"): Rule(A, Scope.GLOBAL),
     # images
     ("GET", "/v1/images"): Rule(R, Scope.CALLER),
     ("POST", "/v1/projects/{project_id}/images"): Rule(M, Scope.PROJECT, "project_id"),
@@ -110,6 +116,30 @@ RULES: Mapping[tuple[str, str], Rule] = {
     ("GET", "/v1/projects/{project_id}/signing-keys"): Rule(R, Scope.PROJECT, "project_id"),
     ("POST", "/v1/projects/{project_id}/signing-keys"): Rule(G, Scope.PROJECT, "project_id"),
     ("DELETE", "/v1/signing-keys/{key_id}"): Rule(G, Scope.RESOURCE, "key_id"),
+    # SSH key pairs and server groups: the project's resources, like images
+    ("GET", "/v1/keypairs"): Rule(R, Scope.CALLER),
+    ("POST", "/v1/projects/{project_id}/keypairs"): Rule(M, Scope.PROJECT, "project_id"),
+    ("GET", "/v1/keypairs/{keypair_id}"): Rule(R, Scope.RESOURCE, "keypair_id"),
+    ("DELETE", "/v1/keypairs/{keypair_id}"): Rule(M, Scope.RESOURCE, "keypair_id"),
+    ("GET", "/v1/server-groups"): Rule(R, Scope.CALLER),
+    ("POST", "/v1/projects/{project_id}/server-groups"): Rule(M, Scope.PROJECT, "project_id"),
+    ("GET", "/v1/server-groups/{group_id}"): Rule(R, Scope.RESOURCE, "group_id"),
+    ("PATCH", "/v1/server-groups/{group_id}"): Rule(M, Scope.RESOURCE, "group_id"),
+    ("DELETE", "/v1/server-groups/{group_id}"): Rule(M, Scope.RESOURCE, "group_id"),
+    # servers
+    ("POST", "/v1/projects/{project_id}/servers"): Rule(M, Scope.PROJECT, "project_id"),
+    ("GET", "/v1/servers"): Rule(R, Scope.CALLER),
+    ("GET", "/v1/servers/{server_id}"): Rule(R, Scope.RESOURCE, "server_id"),
+    ("PATCH", "/v1/servers/{server_id}"): Rule(M, Scope.RESOURCE, "server_id"),
+    ("DELETE", "/v1/servers/{server_id}"): Rule(M, Scope.RESOURCE, "server_id"),
+    ("POST", "/v1/servers/{server_id}:start"): Rule(M, Scope.RESOURCE, "server_id"),
+    ("POST", "/v1/servers/{server_id}:stop"): Rule(M, Scope.RESOURCE, "server_id"),
+    ("POST", "/v1/servers/{server_id}:reboot"): Rule(M, Scope.RESOURCE, "server_id"),
+    ("POST", "/v1/servers/{server_id}:resize"): Rule(M, Scope.RESOURCE, "server_id"),
+    ("POST", "/v1/servers/{server_id}:rebuild"): Rule(M, Scope.RESOURCE, "server_id"),
+    ("POST", "/v1/servers/{server_id}:snapshot"): Rule(M, Scope.RESOURCE, "server_id"),
+    # the console may show secrets a guest prints: members, not readers
+    ("GET", "/v1/servers/{server_id}/console"): Rule(M, Scope.RESOURCE, "server_id"),
 }
 
 

@@ -952,6 +952,18 @@ def run_build(file: Path, display: Console | None) -> Record:
 
 
 @app.command()
+def _image_to_upload_to(client: SovraClient, ref: str, project: str | None, create: bool) -> Record:
+    try:
+        return resolve_image(client, ref, project)
+    except (ApiError, CliError):
+        if not create:
+            raise
+    if project is None:
+        raise CliError("--create needs --project: the project the new image belongs to")
+    image: Record = client.post(f"{project_path(resource_id_of(client, project))}/images", {"name": ref})
+    return image
+
+
 def build(
     file: Annotated[
         Path, typer.Option("--file", metavar="FILE", dir_okay=False, help="Where to write the qcow2.")
@@ -965,6 +977,9 @@ def build(
         ),
     ] = None,
     no_boot_test: NoBootTestOption = False,
+    create_image: Annotated[
+        bool, typer.Option("--create", help="Create the image (in --project) if it does not exist yet.")
+    ] = False,
     project: ProjectOption = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
@@ -982,7 +997,7 @@ def build(
         return
     image_ref, version = upload_to
     with _connect(url) as client:
-        image = resolve_image(client, image_ref, project)  # before the build: a typo fails at once
+        image = _image_to_upload_to(client, image_ref, project, create_image)  # a typo fails at once
         result = run_build(file, display)
         if output is OutputFormat.TABLE:
             print_result(build_panel(result))

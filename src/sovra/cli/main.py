@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from sovra.cli import audit, catalogue, identity, images, keys, operations, projects, services
+from sovra.cli import (
+    audit,
+    catalogue,
+    flavors,
+    hosts,
+    identity,
+    images,
+    keypairs,
+    keys,
+    operations,
+    projects,
+    server_groups,
+    servers,
+    services,
+)
 from sovra.cli.output import CommandGroup
 
 app = typer.Typer(
@@ -21,6 +35,11 @@ app.add_typer(operations.app, name="op")
 catalogue.register(images.app)
 app.add_typer(images.app, name="image")
 app.add_typer(keys.app, name="key")
+app.add_typer(keypairs.app, name="keypair")
+app.add_typer(server_groups.app, name="server-group")
+app.add_typer(servers.app, name="server")
+app.add_typer(hosts.app, name="host")
+app.add_typer(flavors.app, name="flavor")
 identity.register(app)
 projects.app.add_typer(identity.member_app, name="member")
 audit.register(app)

@@ -22,6 +22,7 @@ def up(
 ) -> None:
     """Run everything in one process: API, workers, and SQLite in the data directory
     (or the database SOVRA_DATABASE_URL names)."""
+    from sovra.compute.hosts import register_local
     from sovra.service import bootstrap_admin_token, configure_logging, open_database, run_server
 
     configure_logging()
@@ -37,10 +38,12 @@ def up(
             "store it with `sovra login`:"
         )
         typer.echo(f"  {secret}")
+    if settings.local_host_uri and (local := register_local(db, settings.local_host_uri)) is not None:
+        console.print(f"  host {local.name!r} registered: this machine's libvirt ({settings.local_host_uri})")
     run_server(settings, db, workers=workers)
 
 
-def server(
+def api(
     port: Annotated[int | None, typer.Option(help="API port (default 8790).")] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
 ) -> None:
@@ -78,5 +81,5 @@ def _settings(port: int | None, host: str | None) -> Settings:
 
 def register(app: typer.Typer) -> None:
     app.command()(up)
-    app.command()(server)
+    app.command()(api)
     app.command()(worker)

@@ -13,12 +13,13 @@ There is no KVM on our hosts (see the virtualisation notes), so QEMU always runs
 from __future__ import annotations
 
 import codecs
+import json
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -111,9 +112,18 @@ def boot_test(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def make_nocloud_seed(path: Path, instance_id: str, hostname: str, user_data: str | bytes) -> Path:
+def make_nocloud_seed(
+    path: Path,
+    instance_id: str,
+    hostname: str,
+    user_data: str | bytes,
+    public_keys: Sequence[str] = (),
+) -> Path:
     """Write a cloud-init NoCloud seed ISO (volume label ``cidata``) with ``meta-data`` and
-    ``user-data``; no network, no mounting (xorriso writes the ISO 9660 image itself)."""
+    ``user-data``; no network, no mounting (xorriso writes the ISO 9660 image itself).
+
+    ``public_keys`` go into meta-data's ``public-keys`` list (as cloud-init's NoCloud reads them),
+    so they reach the guest whatever the user data is (a script or a cloud-config)."""
     if not instance_id.isprintable() or not instance_id.strip() or ":" in instance_id:
         raise ValueError(f"instance_id {instance_id!r} must be printable text without ':'")
     if not _HOSTNAME_RE.fullmatch(hostname):
@@ -122,13 +132,25 @@ def make_nocloud_seed(path: Path, instance_id: str, hostname: str, user_data: st
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".seed-", dir=path.parent) as staging_name:
         staging = Path(staging_name)
-        (staging / "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
+        (staging / "meta-data").write_text(_meta_data(instance_id, hostname, public_keys))
         (staging / "user-data").write_bytes(payload)
         partial = staging / "seed.iso"
         files = [str(staging / "meta-data"), str(staging / "user-data")]
         _run([_tool("xorriso", "xorriso"), *_XORRISO_ISO_OPTIONS, "-output", str(partial), *files])
         partial.replace(path)
     return path
+
+
+def _meta_data(instance_id: str, hostname: str, public_keys: Sequence[str]) -> str:
+    """The NoCloud meta-data document. Keys are written as JSON strings (valid YAML), so a key's
+    comment can never break out of its list item."""
+    lines = [f"instance-id: {instance_id}", f"local-hostname: {hostname}"]
+    for key in public_keys:
+        if not key.isprintable():
+            raise ValueError("public keys must be single-line printable text")
+    if public_keys:
+        lines += ["public-keys:", *(f"  - {json.dumps(key)}" for key in public_keys)]
+    return "\n".join(lines) + "\n"
 
 
 # --- QEMU ----------------------------------------------------------------------------------------

@@ -626,10 +626,10 @@ yaml_value() {
         | sed -e 's/[[:space:]]*$//' -e "s/^[\"']//" -e "s/[\"']\$//"
 }
 
-# The items of the top-level "ssh_authorized_keys:" block list, one per line.
-yaml_ssh_keys() {
-    tr -d '\r' <"$1" | awk '
-        /^ssh_authorized_keys:[[:space:]]*$/ { inside = 1; next }
+# The items of the top-level block list "$1:" in file "$2", one per line.
+yaml_list() {
+    tr -d '\r' <"$2" | awk -v key="$1:" '
+        $0 ~ "^" key "[[:space:]]*$" { inside = 1; next }
         inside && /^[[:space:]]*-[[:space:]]/ { sub(/^[[:space:]]*-[[:space:]]*/, ""); print; next }
         inside && /^[^[:space:]#]/ { inside = 0 }
     ' | sed -e 's/[[:space:]]*$//' -e "s/^[\"']//" -e "s/[\"']\$//"
@@ -641,8 +641,9 @@ fingerprint() {
     echo "SHA256:$(echo "$digest" | xxd -r -p | base64 | tr -d '=\n')"
 }
 
+# $1: the list's key (ssh_authorized_keys in user-data, public-keys in meta-data); $2: the file.
 install_ssh_keys() {
-    yaml_ssh_keys "$1" >"$STATE/ssh-keys"
+    yaml_list "$1" "$2" >"$STATE/ssh-keys"
     [ -s "$STATE/ssh-keys" ] || return 0
     mkdir -p /root/.ssh && chmod 700 /root/.ssh
     cat "$STATE/ssh-keys" >>/root/.ssh/authorized_keys
@@ -665,7 +666,7 @@ run_user_data() {
         '#cloud-config'*)
             name=$(yaml_value hostname "$user_data")
             [ -n "$name" ] && set_hostname "$name"
-            install_ssh_keys "$user_data" ;;
+            install_ssh_keys ssh_authorized_keys "$user_data" ;;
         '#!'*)
             cp "$user_data" "$STATE/user-script" && chmod 700 "$STATE/user-script"
             interpreter=${first_line#\#!}; interpreter=${interpreter%% *}
@@ -688,6 +689,7 @@ cloud_init() {
         say "instance-id ${instance_id:-unknown} from $device"
         name=$(yaml_value local-hostname "$SEED_DIR/meta-data")
         [ -n "$name" ] && set_hostname "$name"
+        install_ssh_keys public-keys "$SEED_DIR/meta-data"
         run_user_data
         umount "$SEED_DIR"
     fi

@@ -6,6 +6,7 @@ from typing import Any
 
 from sovra.domain.edges import RelatedResource
 from sovra.domain.project import ProjectState
+from sovra.domain.server import SERVER_KIND
 from sovra.operations.context import StepContext
 from sovra.operations.errors import StepError
 from sovra.operations.registry import Registry, Step
@@ -27,12 +28,21 @@ def _in_use(blockers: list[RelatedResource]) -> StepError:
 
 
 def _check_unused(ctx: StepContext) -> dict[str, Any]:
-    """Refuse to tear down what another project still uses (``uses`` edges from outside)."""
+    """Refuse to tear down what another project still uses (``uses`` edges from outside), and a
+    project that still has servers (their domains and disks live on hosts)."""
     with ctx.db.read() as conn:
         doomed = graph.owned_closure(conn, ctx.operation.target_id or "")
         blockers = graph.blocking_users(conn, doomed)
+        running = [r for r in resources.get_many(conn, doomed, project_ids=None) if r.kind == SERVER_KIND]
     if blockers:
         raise _in_use(blockers)
+    if running:  # a server is a VM on a host: only its own delete operation may remove it
+        raise StepError(
+            "SERVERS_EXIST",
+            f"the project still has {len(running)} server(s) ("
+            + ", ".join(r.name for r in running[:10])
+            + "); delete them first (sovra server delete), then the project",
+        )
     return {"resources": len(doomed)}
 
 

@@ -96,7 +96,7 @@ class Registry:
 
 def default_registry(plugins: Iterable[str] = ()) -> Registry:
     """The built-in handlers plus those of the configured plugin modules."""
-    from sovra.compute import hosts
+    from sovra.compute import hosts, power_sync, server_ops, snapshots
     from sovra.images import pipeline
     from sovra.operations import builtin
 
@@ -104,5 +104,8 @@ def default_registry(plugins: Iterable[str] = ()) -> Registry:
     builtin.register(registry)
     pipeline.register(registry)
     hosts.register(registry)
+    server_ops.register(registry)
+    snapshots.register(registry)
+    power_sync.register(registry)
     registry.load_plugins(plugins)
     return registry

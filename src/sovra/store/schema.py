@@ -205,3 +205,56 @@ audit_records = sa.Table(
     sa.Index("ix_audit_records_principal", "principal", "id"),
     sa.Index("ix_audit_records_resource_id", "resource_id", "id"),
 )
+
+# What the scheduler knows about each host: kept in step with the Host resource by compute.hosts
+# (sync_host), and changed by claims and releases. Every change bumps ``generation``, the guard of
+# the optimistic claim (store.placement). The free_* columns are computed by the database so that
+# the capacity filter and the weighers read one indexed column each.
+host_capacity = sa.Table(
+    "host_capacity",
+    metadata,
+    sa.Column("host_id", ID, sa.ForeignKey("resources.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("arch", sa.String(32), nullable=False),
+    sa.Column("accelerator", sa.String(8), nullable=False),
+    sa.Column("capacity_vcpus", sa.Integer, nullable=False),
+    sa.Column("capacity_memory_mib", sa.Integer, nullable=False),
+    sa.Column("capacity_disk_gib", sa.Integer, nullable=False),
+    sa.Column("used_vcpus", sa.Integer, nullable=False),
+    sa.Column("used_memory_mib", sa.Integer, nullable=False),
+    sa.Column("used_disk_gib", sa.Integer, nullable=False),
+    sa.Column("servers", sa.Integer, nullable=False),
+    sa.Column("free_vcpus", sa.Integer, sa.Computed("capacity_vcpus - used_vcpus", persisted=True)),
+    sa.Column(
+        "free_memory_mib", sa.Integer, sa.Computed("capacity_memory_mib - used_memory_mib", persisted=True)
+    ),
+    sa.Column("free_disk_gib", sa.Integer, sa.Computed("capacity_disk_gib - used_disk_gib", persisted=True)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint(
+        "used_vcpus >= 0 AND used_memory_mib >= 0 AND used_disk_gib >= 0 AND servers >= 0",
+        name="used_not_negative",
+    ),
+    # The scheduler's fast path: equality on state and arch, then walked in free-RAM order (either
+    # direction), so the best hosts come first and the query stops after a few rows.
+    sa.Index("ix_host_capacity_fit", "state", "arch", "free_memory_mib", "free_vcpus"),
+)
+
+# One row per consumer (a server) and the resources it holds on its host. No cascade from the
+# server's resource row: deleting a server that still holds resources fails, because a cascade
+# would drop the row without giving the capacity back (see store.placement).
+allocations = sa.Table(
+    "allocations",
+    metadata,
+    sa.Column("consumer_id", ID, sa.ForeignKey("resources.id"), primary_key=True),
+    sa.Column("host_id", ID, sa.ForeignKey("host_capacity.host_id"), nullable=False),
+    sa.Column("project_id", ID, nullable=False),
+    sa.Column("vcpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("disk_gib", sa.Integer, nullable=False),
+    sa.Column("server_group_id", ID, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("vcpus > 0 AND memory_mib > 0 AND disk_gib >= 0", name="amounts"),
+    sa.Index("ix_allocations_host_id", "host_id"),
+    sa.Index("ix_allocations_server_group_id", "server_group_id", "host_id"),
+)
