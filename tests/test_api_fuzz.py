@@ -27,8 +27,9 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -49,7 +50,7 @@ from tests.support.fuzz import (
     wait_until_idle,
     well_formed,
 )
-from tests.support.live_server import LiveServer
+from tests.support.live_server import LiveServer, live_server
 
 pytestmark = pytest.mark.filterwarnings(
     # schemathesis draws from the global `random` inside its strategies; Hypothesis seeds it per example.
@@ -168,6 +169,14 @@ def fuzz(operation: APIOperation, world: Seed, check: Callable[[Case], None], co
         notes = [n for n in getattr(exc, "__notes__", []) if not n.startswith("Failing test case")]
         failures.append("\n".join([f"{operation.label} (generated): {type(exc).__name__}: {exc}", *notes]))
     return failures
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """Fuzzed host URIs (``qemu://<anything>/system``) must never reach a real libvirt, let alone
+    another machine: only simulated ``fake://`` hosts may be registered here."""
+    with live_server(database_url, tmp_path / "data", host_uri_schemes=["fake"]) as server:
+        yield server
 
 
 def test_api_fuzz(api: LiveServer) -> None:
