@@ -70,7 +70,7 @@ HOST_COUNTS = (1_000, 10_000)
 SMALL_HOST_COUNTS = (100, 1_000)
 DEFAULT_PLACEMENTS = 10_000
 SMALL_PLACEMENTS = 1_000
-DEFAULT_SERVERS = 2_000
+DEFAULT_SERVERS = 1_000
 SMALL_SERVERS = 200
 
 HOST_CPUS, HOST_MEMORY_MIB, HOST_DISK_GIB = 16, 65_536, 1_000
@@ -516,10 +516,16 @@ class CreateResult:
     database_cpu_ms: float
     checks: dict[str, Any]
     faults: dict[str, int]
+    early: int  # operations that finished in the first EARLY_WINDOW_SECONDS
+    layout: str = ""
 
     @property
     def per_second(self) -> float:
         return self.succeeded / self.seconds
+
+    @property
+    def early_per_second(self) -> float:
+        return self.early / min(EARLY_WINDOW_SECONDS, self.seconds)
 
 
 def prepare_image(url: str, work_dir: Path) -> tuple[str, str]:
@@ -597,28 +603,52 @@ def remaining_creates(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def run_creates(url: str, hosts: int, count: int, work_dir: Path) -> CreateResult:
-    project_id, version_id = prepare_image(url, work_dir)
+LAYOUTS = {
+    "processes": f"{PROCESSES} x `sovra worker`",
+    "threads": f"1 x `sovra worker --concurrency {PROCESSES}`",
+}
+"""(b) runs both: the processes the issue asks for, and the same number of worker threads in one
+process, where every worker sees the same in-memory fake hosts (see the README)."""
+EARLY_WINDOW_SECONDS = 10.0  # no periodic task that reads the hosts runs before 10 s (power resync)
+
+
+def clear_servers(url: str) -> None:
+    """No server, allocation or operation left; hosts empty, their image caches forgotten."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("TRUNCATE allocations")
+        conn.execute("DELETE FROM resources WHERE kind = 'Server'")
+        conn.execute("DELETE FROM operations WHERE verb LIKE 'server.%'")
+        conn.execute("UPDATE resources SET status = status - 'image_cache' WHERE kind = 'Host'")
+    reset_claims(url)
+
+
+def run_creates(
+    url: str, hosts: int, count: int, work_dir: Path, layout: str, project_id: str, version_id: str
+) -> CreateResult:
+    clear_servers(url)
     log(f"recording {count} servers (server.create pending)")
     create_servers(url, project_id, version_id, count)
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         for table in ("operations", "operation_steps", "resources", "edges", "host_capacity"):
             conn.execute(f"VACUUM ANALYZE {table}")
         conn.execute("CHECKPOINT")
-    log(f"full server.create: {count} servers on {hosts} fake hosts, {PROCESSES} sovra worker processes")
+    log(f"full server.create: {count} servers on {hosts} fake hosts, {LAYOUTS[layout]}")
     dsn = libpq_url(url)
     env = {"SOVRA_DATABASE_URL": url, "SOVRA_DATA_DIR": str(work_dir / "data")}
+    if layout == "processes":
+        argvs = [[SOVRA, "worker"] for _ in range(PROCESSES)]
+    else:
+        argvs = [[SOVRA, "worker", "--concurrency", str(PROCESSES)]]
     with psycopg.connect(dsn, autocommit=True) as poll, psycopg.connect(dsn) as gate, children() as spawn:
         gate.execute("LOCK TABLE operations IN EXCLUSIVE MODE")
         procs = [
-            spawn(f"create-worker-{i}", [SOVRA, "worker"], log_dir=work_dir, env=env)
-            for i in range(PROCESSES)
+            spawn(f"create-{layout}-{i}", argv, log_dir=work_dir, env=env) for i, argv in enumerate(argvs)
         ]
 
         def all_waiting() -> bool:
             for proc in procs:
                 proc.check_alive()
-            return waiting_on_lock(poll) >= PROCESSES
+            return waiting_on_lock(poll) >= PROCESSES  # one blocked claim per worker thread
 
         wait_until(all_waiting, 120, f"{PROCESSES} sovra workers to reach the gate")
         backends = client_backends(poll) - {gate.info.backend_pid}
@@ -640,11 +670,29 @@ def run_creates(url: str, hosts: int, count: int, work_dir: Path) -> CreateResul
         backends |= client_backends(poll)
         cpu_after = cpu_of(pids | backends)
         result = collect_creates(poll, hosts, count, opened)
+    result.layout = layout
     used = {pid: cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items()}
     result.worker_cpu_ms = 1000 * sum(used.get(pid, 0.0) for pid in pids) / count
     result.database_cpu_ms = 1000 * sum(used.get(pid, 0.0) for pid in backends) / count
-    log(f"server.create: {result.per_second:.1f} servers/s ({result.seconds:.1f} s)")
+    log(f"server.create ({layout}): {result.per_second:.1f} servers/s ({result.seconds:.1f} s)")
     return result
+
+
+def time_health_check(url: str) -> tuple[int, float]:
+    """One round of the periodic host health check (every worker thread runs one every 30 s)."""
+    from sovra.compute import hosts
+    from sovra.config import Settings
+    from sovra.store.database import Database
+
+    db = Database(url)
+    try:
+        with db.read() as conn:
+            count = conn.exec_driver_sql("SELECT count(*) FROM resources WHERE kind = 'Host'").scalar_one()
+        started = time.perf_counter()
+        hosts.health_check(db, Settings(database_url=url))
+        return int(count), time.perf_counter() - started
+    finally:
+        db.dispose()
 
 
 def collect_creates(conn: psycopg.Connection, hosts: int, count: int, opened: float) -> CreateResult:
@@ -700,6 +748,7 @@ def collect_creates(conn: psycopg.Connection, hosts: int, count: int, opened: fl
         database_cpu_ms=0.0,
         checks={"allocations": int(allocated), "overcommitted_hosts": int(over)},
         faults=dict(sorted(faults.items(), key=lambda item: -item[1])[:5]),
+        early=sum(1 for op in succeeded if float(op[2]) <= opened + EARLY_WINDOW_SECONDS),
     )
 
 
@@ -729,6 +778,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--servers", type=int, help=f"servers for the full create (default {DEFAULT_SERVERS})"
     )
     parser.add_argument("--no-create", action="store_true", help="skip (b), the full server.create")
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=sorted(LAYOUTS),
+        default=list(LAYOUTS),
+        help="worker layouts for (b) (default: both)",
+    )
     parser.add_argument("--explain", action="store_true", help="print the plan of the scheduler's query")
     parser.add_argument("--place-worker", nargs=3, metavar=("URL", "JOB", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--bare-worker", nargs=3, metavar=("URL", "JOB", "OUT"), help=argparse.SUPPRESS)
@@ -747,7 +803,8 @@ def main() -> int:
     env = environment()
     results: dict[tuple[str, int], PlaceResult] = {}
     plans: dict[int, tuple[float, str]] = {}
-    created: CreateResult | None = None
+    created: list[CreateResult] = []
+    health: tuple[int, float] | None = None
     with tempfile.TemporaryDirectory(prefix="sovra-bench-") as tmp, temporary_postgres() as url:
         work_dir = Path(tmp)
         migrate(url)
@@ -764,7 +821,10 @@ def main() -> int:
             plans[hosts] = explain_fast_path(url)  # after the run: the hosts hold the placements
         if not args.no_create:
             drop_hosts_from(url, host_counts[0])
-            created = run_creates(url, host_counts[0], servers, work_dir)
+            project, version = prepare_image(url, work_dir)
+            for layout in args.layouts:
+                created.append(run_creates(url, host_counts[0], servers, work_dir, layout, project, version))
+            health = time_health_check(url)
 
     settings = results["sovra", host_counts[0]].settings
     report.section(
@@ -829,37 +889,44 @@ def main() -> int:
             report.section(f"plan of the fast-path query, {hosts} hosts")
             for line in plans[hosts][1].splitlines():
                 report.note(line)
-    if created is not None:
+    for run in created:
         report.section(
-            f"(b) full server.create: {created.servers} servers ({FLAVOR}, 1 MiB raw image)"
-            f" on {created.hosts} fake hosts, {PROCESSES} sovra worker processes"
+            f"(b) full server.create: {run.servers} servers ({FLAVOR}, 1 MiB raw image)"
+            f" on {run.hosts} fake hosts, {LAYOUTS[run.layout]}"
         )
         report.figure(
             "servers created (operation SUCCEEDED)",
-            f"{created.per_second:8.1f} servers/s   ({created.succeeded}/{created.servers}"
-            f" in {created.seconds:.1f} s,"
-            f" {created.attempts_over_one} needed a second attempt)",
+            f"{run.per_second:8.1f} servers/s   ({run.succeeded}/{run.servers} in {run.seconds:.1f} s,"
+            f" {run.attempts_over_one} needed a second attempt)",
         )
-        report.figure("    operation run time (started -> finished)", created.run_latencies.line())
-        for name, lat in created.steps.items():
+        report.figure(
+            f"    in the first {EARLY_WINDOW_SECONDS:.0f} s (no power resync yet)",
+            f"{run.early_per_second:8.1f} servers/s   ({run.early} servers)",
+        )
+        report.figure("    operation run time (started -> finished)", run.run_latencies.line())
+        for name, lat in run.steps.items():
             report.figure(f"    step {name}", lat.line())
         report.figure(
             "    CPU per server",
-            f"workers {created.worker_cpu_ms:6.2f} ms, PostgreSQL backends {created.database_cpu_ms:6.2f} ms",
+            f"workers {run.worker_cpu_ms:6.2f} ms, PostgreSQL backends {run.database_cpu_ms:6.2f} ms",
         )
         report.figure(
             "    server states when the run ended",
-            ", ".join(f"{k} {v}" for k, v in sorted(created.states.items())),
+            ", ".join(f"{k} {v}" for k, v in sorted(run.states.items())),
         )
-        for fault, n in created.faults.items():
+        for fault, n in run.faults.items():
             report.note(f"    not ACTIVE: {n} x {fault}")
         report.figure(
             "    checks",
-            f"{created.checks['allocations']} allocations,"
-            f" {created.checks['overcommitted_hosts']} overcommitted hosts",
+            f"{run.checks['allocations']} allocations,"
+            f" {run.checks['overcommitted_hosts']} overcommitted hosts",
         )
-        best = results["sovra", host_counts[0]].per_second
-        report.figure("    full create / scheduler alone", f"{ratio(created.per_second, best):8.3f}")
+    if health is not None:
+        report.section("periodic work of every worker thread (timed in this process after (b))")
+        report.figure(
+            f"one host health check round, {health[0]} hosts",
+            f"{health[1]:6.2f} s   (each worker thread runs one every 30 s)",
+        )
     report.print(env)
 
     all_checks = all(checks_ok(results["sovra", h]) for h in host_counts)
@@ -873,10 +940,9 @@ def main() -> int:
         + f" {failed} requests failed (NoValidHost after lost claims);"
         + f" overcommit/allocation checks {'passed' if all_checks else 'FAILED'}"
     )
-    if created is not None:
+    for run in created:
         summary += (
-            f"; full server.create {created.per_second:.1f} servers/s"
-            f" ({created.servers} on {created.hosts} hosts)"
+            f"; server.create {run.per_second:.1f} servers/s ({LAYOUTS[run.layout]}, {run.servers} servers)"
         )
     return report.finish(met, summary)
 

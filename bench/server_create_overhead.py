@@ -118,6 +118,13 @@ class Leftovers:
         self.volumes.update(volumes_of(server_id))
         self.volumes.add(console_log_volume(server_id))
 
+    def image_copy(self, digest: str, operation_id: str) -> None:
+        """The base volume a create's image step would upload (its name is unique to the operation),
+        so that a run interrupted before the host's cache could be read still removes it."""
+        from sovra.compute.host_images import VOLUME_PREFIX
+
+        self.volumes.add(f"{VOLUME_PREFIX}{digest[:24]}-{operation_id[-12:]}.qcow2")
+
     def remove(self) -> list[str]:
         """Remove what is still there; the names of what had to be removed."""
         from sovra.virt.driver import connect
@@ -156,6 +163,7 @@ class Setup:
     version_id: str
     host_id: str
     accelerator: str
+    digest: str  # SHA-256 of the disk hosts receive
     base_volume: str = ""
 
 
@@ -171,6 +179,7 @@ def create_and_wait(setup: Setup, name: str, leftovers: Leftovers) -> tuple[str,
     response.raise_for_status()
     server = response.json()
     leftovers.server(server["id"])
+    leftovers.image_copy(setup.digest, server["operation_id"])
     while True:
         current = client.get(f"/v1/servers/{server['id']}").json()
         if current["state"] == "ACTIVE":
@@ -242,7 +251,9 @@ def prepare(client: httpx.Client, build: Any) -> Setup:
     if host["state"] != "enabled":
         raise RuntimeError(f"host {URI} is {host['state']}: {host.get('reason')}")
     version = upload_image_version(client, project_id, build.path, build.metadata)
-    return Setup(client, project_id, str(version["id"]), host["id"], host["inventory"]["accelerator"])
+    return Setup(
+        client, project_id, str(version["id"]), host["id"], host["inventory"]["accelerator"], build.sha256
+    )
 
 
 # -- the baseline: virsh ----------------------------------------------------------------------------

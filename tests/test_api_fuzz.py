@@ -59,9 +59,9 @@ pytestmark = pytest.mark.filterwarnings(
 
 GENERATED_PER_BACKEND = int(os.environ.get("SOVRA_FUZZ_REQUESTS", "1100"))
 """Generated requests per backend, shared out among the operations (plus explicit probes, seeding,
-and shrinking on failure). With 42 operations: 26 examples each, ~1,150 fuzz requests per backend;
-the file takes about a minute on an idle 2-core machine. Raise it for a deeper (nightly) run."""
-MIN_EXAMPLES, MAX_EXAMPLES = 25, 100
+and shrinking on failure). With 75 operations: 14 examples each, ~1,100 fuzz requests per backend;
+the file takes about two minutes on an idle 2-core machine. Raise it for a deeper (nightly) run."""
+MIN_EXAMPLES, MAX_EXAMPLES = 12, 100
 RATE_LIMIT_RETRIES = 5
 
 

@@ -299,7 +299,7 @@ def test_waiting_for_an_unreachable_host_ends_with_what_to_do(api: LiveServer) -
 
 def test_waiting_times_out_and_shows_progress_on_a_terminal(idle_api: LiveServer) -> None:
     timed_out = sovra(idle_api, "host", "register", "slow", TEST_URI, "--wait", "--timeout", "0.3")
-    failed(timed_out, 3, "still PENDING after 0.3s", "sovra op wait")
+    failed(timed_out, 3, "still PENDING (0%) after 0.3s", "sovra op wait")
     host = sovra_json(idle_api, "host", "show", "slow")
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=120)

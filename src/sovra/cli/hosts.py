@@ -18,14 +18,11 @@ from sovra.cli.client import EXIT_API_ERROR, ApiError, CliError, Record, SovraCl
 from sovra.cli.lookup import item_path, resolve
 from sovra.cli.operations import (
     DEFAULT_TIMEOUT,
-    EXIT_INTERRUPTED,
-    EXIT_TIMEOUT,
-    OperationTimeout,
     TimeoutOption,
-    _progress_console,
     failure_message,
+    follow,
     operation_path,
-    poll_until_done,
+    progress_console,
     progress_display,
 )
 from sovra.cli.output import (
@@ -154,21 +151,8 @@ def wait_for_inventory(
     """Wait for ``host.refresh`` to end, with a progress display on ``display`` (by default stderr
     when it is a terminal); a failure or a timeout is a ``CliError`` that says what to do next."""
     operation = client.get(operation_path(operation_id))
-    try:
-        with progress_display(operation, display or _progress_console(output)) as updated:
-            final = poll_until_done(client, operation, timeout, updated)
-    except KeyboardInterrupt:
-        raise CliError(
-            f"stopped waiting; operation {operation_id} goes on",
-            hint=f"`sovra op wait {operation_id}` waits again",
-            exit_code=EXIT_INTERRUPTED,
-        ) from None
-    except OperationTimeout as exc:
-        raise CliError(
-            f"operation {operation_id} is still {exc.operation['state']} after {timeout:g}s",
-            hint=f"keep waiting with `sovra op wait {operation_id}`",
-            exit_code=EXIT_TIMEOUT,
-        ) from None
+    progress = progress_display(operation, display or progress_console(output))
+    final = follow(client, operation, timeout, progress)
     if final["state"] != "SUCCEEDED":
         name = host["name"]
         raise CliError(

@@ -951,7 +951,6 @@ def run_build(file: Path, display: Console | None) -> Record:
     return {**dataclasses.asdict(result), "path": str(result.path)}
 
 
-@app.command()
 def _image_to_upload_to(client: SovraClient, ref: str, project: str | None, create: bool) -> Record:
     try:
         return resolve_image(client, ref, project)
@@ -964,6 +963,7 @@ def _image_to_upload_to(client: SovraClient, ref: str, project: str | None, crea
     return image
 
 
+@app.command()
 def build(
     file: Annotated[
         Path, typer.Option("--file", metavar="FILE", dir_okay=False, help="Where to write the qcow2.")

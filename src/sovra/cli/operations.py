@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated
 from urllib.parse import quote
 
@@ -109,7 +109,7 @@ def progress_display(operation: Record, display: Console | None) -> Iterator[Upd
         yield updated
 
 
-def _progress_console(output: OutputFormat) -> Console | None:
+def progress_console(output: OutputFormat) -> Console | None:
     """Show progress only to a person: stderr is a terminal and the output is not for a program."""
     return err_console if output is OutputFormat.TABLE and sys.stderr.isatty() else None
 
@@ -132,6 +132,42 @@ def failure_message(operation: Record) -> str:
     return f"operation {operation['id']} {outcome}: {detail}{step}"
 
 
+def follow(
+    client: SovraClient,
+    operation: Record,
+    timeout: float,
+    progress: AbstractContextManager[Updated],
+    *,
+    interrupted_hint: str = "",
+    timeout_detail: Callable[[Record], str] = lambda _operation: "",
+) -> Record:
+    """Poll ``operation`` until it ends, showing ``progress``; the ended operation.
+
+    Ctrl-C and the timeout become errors that say the operation goes on and how to wait again
+    (exit codes 130 and 3); ``interrupted_hint`` and ``timeout_detail`` add what the caller knows.
+    """
+    op_id = operation["id"]
+    try:
+        with progress as updated:
+            return poll_until_done(client, operation, timeout, updated)
+    except KeyboardInterrupt:
+        raise CliError(
+            f"stopped waiting; operation {op_id} goes on",
+            hint=f"`sovra op wait {op_id}` waits again"
+            + (f"; {interrupted_hint}" if interrupted_hint else ""),
+            exit_code=EXIT_INTERRUPTED,
+        ) from None
+    except OperationTimeout as exc:
+        last = exc.operation
+        detail = timeout_detail(last)
+        raise CliError(
+            f"operation {op_id} is still {last['state']} ({last['progress']}%) after {timeout:g}s"
+            + (f"; {detail}" if detail else ""),
+            hint=f"keep waiting with `sovra op wait {op_id}`",
+            exit_code=EXIT_TIMEOUT,
+        ) from None
+
+
 def wait_and_report(
     client: SovraClient,
     operation: Record,
@@ -140,25 +176,10 @@ def wait_and_report(
     display: Console | None = None,
 ) -> None:
     """Wait for ``operation`` to end and report it: exit 0 succeeded, 1 failed or cancelled, 3 timed out."""
-    if display is None:
-        display = _progress_console(output)
-    try:
-        with progress_display(operation, display) as updated:
-            final = poll_until_done(client, operation, timeout, updated)
-    except KeyboardInterrupt:
-        op_id = operation["id"]
-        raise CliError(
-            f"stopped waiting; operation {op_id} goes on",
-            hint=f"`sovra op wait {op_id}` waits again; `sovra op cancel {op_id}` stops it",
-            exit_code=EXIT_INTERRUPTED,
-        ) from None
-    except OperationTimeout as exc:
-        last = exc.operation
-        raise CliError(
-            f"operation {last['id']} is still {last['state']} ({last['progress']}%) after {timeout:g}s",
-            hint=f"keep waiting with `sovra op wait {last['id']}`",
-            exit_code=EXIT_TIMEOUT,
-        ) from None
+    progress = progress_display(operation, display if display is not None else progress_console(output))
+    final = follow(
+        client, operation, timeout, progress, interrupted_hint=f"`sovra op cancel {operation['id']}` stops it"
+    )
     report_finished(final, output)
 
 

@@ -18,7 +18,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from time import sleep
@@ -45,13 +45,11 @@ from sovra.cli.images import _display, resolve_image, resolve_version
 from sovra.cli.lookup import item_path, resolve
 from sovra.cli.operations import (
     DEFAULT_TIMEOUT,
-    EXIT_INTERRUPTED,
-    EXIT_TIMEOUT,
-    OperationTimeout,
     TimeoutOption,
+    Updated,
     failure_message,
+    follow,
     operation_path,
-    poll_until_done,
 )
 from sovra.cli.output import (
     CommandGroup,
@@ -268,8 +266,6 @@ def _server_or_none(client: SovraClient, server_id: str) -> Record | None:
 
 # -- following an operation ------------------------------------------------------------------------------
 
-Updated = Callable[[Record], None]
-
 
 def current_step(operation: Record) -> str:
     """The step running now (or the last one that ran); what the operation waits for otherwise."""
@@ -311,24 +307,22 @@ def wait_for(
         current = _server_or_none(client, server["id"])
         return str(current["state"]) if current else "deleted"
 
-    op_id = operation["id"]
-    try:
-        with progress_display(server, read_state, _display(output)) as updated:
-            updated(operation)
-            return poll_until_done(client, operation, timeout, updated)
-    except KeyboardInterrupt:
-        raise CliError(
-            f"stopped waiting; operation {op_id} goes on",
-            hint=f"`sovra op wait {op_id}` waits again; `sovra server show {server['name']}` shows it",
-            exit_code=EXIT_INTERRUPTED,
-        ) from None
-    except OperationTimeout as exc:
-        raise CliError(
-            f"operation {op_id} is still {exc.operation['state']} ({current_step(exc.operation)}) "
-            f"after {timeout:g}s; server {server['name']} is {read_state()}",
-            hint=f"keep waiting with `sovra op wait {op_id}`",
-            exit_code=EXIT_TIMEOUT,
-        ) from None
+    return follow(
+        client,
+        operation,
+        timeout,
+        _started(progress_display(server, read_state, _display(output)), operation),
+        interrupted_hint=f"`sovra server show {server['name']}` shows it",
+        timeout_detail=lambda last: f"{current_step(last)}; server {server['name']} is {read_state()}",
+    )
+
+
+@contextmanager
+def _started(progress: AbstractContextManager[Updated], operation: Record) -> Iterator[Updated]:
+    """``progress``, already showing ``operation`` before the first poll."""
+    with progress as updated:
+        updated(operation)
+        yield updated
 
 
 def _failure(server: Record, current: Record | None, operation: Record) -> CliError:

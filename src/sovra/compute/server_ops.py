@@ -304,7 +304,10 @@ def _reboot(ctx: StepContext) -> dict[str, Any]:
     server = _server(ctx)
     driver = driver_of(server)
     hard = bool(ctx.params.get("hard", False))
-    host_call(lambda: driver.reboot_domain(server.id, hard=hard))
+    if host_call(lambda: driver.power_state(server.id)) == PowerState.RUNNING:
+        host_call(lambda: driver.reboot_domain(server.id, hard=hard))
+    else:  # a guest that crashed or powered off: a (hard) reboot starts it, as in Nova
+        host_call(lambda: driver.start_domain(server.id))
     power = _wait_for(ctx, driver, server.id, {PowerState.RUNNING})
     _settle(ctx, server.id, power)
     return {"hard": hard}
