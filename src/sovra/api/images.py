@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, TextFilter, parse_if_match
+from sovra.api.deps import DB, Config, Context, IfMatch, parse_if_match
+from sovra.api.listing import Listing, visible_page
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import Labels, ListResponse
 from sovra.auth import policy
@@ -38,7 +39,7 @@ from sovra.domain.image import (
     validate_image_name,
     validate_version,
 )
-from sovra.domain.labels import parse_selector, validate_labels
+from sovra.domain.labels import validate_labels
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource, Status
 from sovra.images import gc, lifecycle, trust, versions
@@ -168,29 +169,9 @@ def create_image(project_id: str, body: ImageCreate, ctx: Context, db: DB, respo
 
 
 @router.get("/images", response_model=ListResponse[Image])
-def list_images(
-    ctx: Context,
-    db: DB,
-    settings: Config,
-    project_id: TextFilter = None,
-    name: TextFilter = None,
-    label_selector: Annotated[str | None, Query(max_length=4096)] = None,
-    page_size: PageSize = 100,
-    page_token: PageToken = None,
-) -> ListResponse[Image]:
+def list_images(ctx: Context, db: DB, settings: Config, query: Listing) -> ListResponse[Image]:
     """Images of the caller's projects and every public image."""
-    with db.read() as conn:
-        page = resource_store.list_page(
-            conn,
-            kind=IMAGE_KIND,
-            project_ids=ctx.project_ids,
-            selector=parse_selector(label_selector),
-            page_size=min(page_size, settings.max_page_size),
-            page_token=page_token,
-            scope_project_id=project_id,
-            name=name,
-        )
-    return ListResponse[Image](items=[Image.of(r) for r in page.items], next_page_token=page.next_page_token)
+    return visible_page(db, ctx, settings, IMAGE_KIND, query, lambda _conn, r: Image.of(r))
 
 
 @router.get("/images/{image_id}", response_model=Image)

@@ -8,16 +8,16 @@ key once, in the 201 of its creation; it is neither stored nor logged.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from sovra.api.deps import DB, Config, Context, PageSize, PageToken, TextFilter
+from sovra.api.deps import DB, Config, Context
+from sovra.api.listing import Listing, visible_page
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import Labels, ListResponse
 from sovra.domain.keypair import KEYPAIR_KIND, MAX_PUBLIC_KEY_BYTES, KeyPairSpec, generate, parse_public_key
-from sovra.domain.labels import parse_selector, validate_labels
+from sovra.domain.labels import validate_labels
 from sovra.domain.names import validate_name
 from sovra.domain.resource import Resource
 from sovra.store import resources as resource_store
@@ -103,31 +103,9 @@ def create_keypair(
 
 
 @router.get("/keypairs", response_model=ListResponse[KeyPair])
-def list_keypairs(
-    ctx: Context,
-    db: DB,
-    settings: Config,
-    project_id: TextFilter = None,
-    name: TextFilter = None,
-    label_selector: Annotated[str | None, Query(max_length=4096)] = None,
-    page_size: PageSize = 100,
-    page_token: PageToken = None,
-) -> ListResponse[KeyPair]:
+def list_keypairs(ctx: Context, db: DB, settings: Config, query: Listing) -> ListResponse[KeyPair]:
     """Key pairs of the caller's projects."""
-    with db.read() as conn:
-        page = resource_store.list_page(
-            conn,
-            kind=KEYPAIR_KIND,
-            project_ids=ctx.project_ids,
-            selector=parse_selector(label_selector),
-            page_size=min(page_size, settings.max_page_size),
-            page_token=page_token,
-            scope_project_id=project_id,
-            name=name,
-        )
-    return ListResponse[KeyPair](
-        items=[KeyPair.of(r) for r in page.items], next_page_token=page.next_page_token
-    )
+    return visible_page(db, ctx, settings, KEYPAIR_KIND, query, lambda _conn, r: KeyPair.of(r))
 
 
 @router.get("/keypairs/{keypair_id}", response_model=KeyPair)

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Connection
 
-from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, TextFilter, parse_if_match
+from sovra.api.deps import DB, Config, Context, IfMatch, parse_if_match
+from sovra.api.listing import Listing, visible_page
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import Labels, ListResponse
 from sovra.domain.edges import EdgeType, RelatedResource
 from sovra.domain.errors import Conflict
-from sovra.domain.labels import parse_selector, validate_labels
+from sovra.domain.labels import validate_labels
 from sovra.domain.names import validate_name
 from sovra.domain.resource import Resource
 from sovra.domain.server_group import SERVER_GROUP_KIND, ServerGroupSpec
@@ -109,30 +109,11 @@ def create_server_group(
 
 
 @router.get("/server-groups", response_model=ListResponse[ServerGroup])
-def list_server_groups(
-    ctx: Context,
-    db: DB,
-    settings: Config,
-    project_id: TextFilter = None,
-    name: TextFilter = None,
-    label_selector: Annotated[str | None, Query(max_length=4096)] = None,
-    page_size: PageSize = 100,
-    page_token: PageToken = None,
-) -> ListResponse[ServerGroup]:
+def list_server_groups(ctx: Context, db: DB, settings: Config, query: Listing) -> ListResponse[ServerGroup]:
     """Server groups of the caller's projects, with their members."""
-    with db.read() as conn:
-        page = resource_store.list_page(
-            conn,
-            kind=SERVER_GROUP_KIND,
-            project_ids=ctx.project_ids,
-            selector=parse_selector(label_selector),
-            page_size=min(page_size, settings.max_page_size),
-            page_token=page_token,
-            scope_project_id=project_id,
-            name=name,
-        )
-        items = [_view(conn, g, ctx.project_ids) for g in page.items]
-    return ListResponse[ServerGroup](items=items, next_page_token=page.next_page_token)
+    return visible_page(
+        db, ctx, settings, SERVER_GROUP_KIND, query, lambda conn, g: _view(conn, g, ctx.project_ids)
+    )
 
 
 @router.get("/server-groups/{group_id}", response_model=ServerGroup)

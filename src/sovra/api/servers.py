@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sovra.api.deps import DB, Config, Context, IfMatch, PageSize, PageToken, TextFilter, parse_if_match
+from sovra.api.deps import DB, Config, Context, IfMatch, parse_if_match
+from sovra.api.listing import Listing, visible_page
 from sovra.api.problems import PROBLEM_RESPONSES
 from sovra.api.schemas import Labels, ListResponse
 from sovra.auth.context import RequestContext
@@ -16,7 +17,7 @@ from sovra.compute import connections, servers
 from sovra.compute import server_state as state
 from sovra.domain.errors import Conflict
 from sovra.domain.image import validate_version
-from sovra.domain.labels import parse_selector, validate_labels
+from sovra.domain.labels import validate_labels
 from sovra.domain.names import validate_name
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Condition, Resource
@@ -219,31 +220,9 @@ def create_server(project_id: str, body: ServerCreate, ctx: Context, db: DB, res
 
 
 @router.get("/servers", response_model=ListResponse[Server])
-def list_servers(
-    ctx: Context,
-    db: DB,
-    settings: Config,
-    project_id: TextFilter = None,
-    name: TextFilter = None,
-    label_selector: Annotated[str | None, Query(max_length=4096)] = None,
-    page_size: PageSize = 100,
-    page_token: PageToken = None,
-) -> ListResponse[Server]:
+def list_servers(ctx: Context, db: DB, settings: Config, query: Listing) -> ListResponse[Server]:
     """Servers of the caller's projects."""
-    with db.read() as conn:
-        page = resource_store.list_page(
-            conn,
-            kind=SERVER_KIND,
-            project_ids=ctx.project_ids,
-            selector=parse_selector(label_selector),
-            page_size=min(page_size, settings.max_page_size),
-            page_token=page_token,
-            scope_project_id=project_id,
-            name=name,
-        )
-    return ListResponse[Server](
-        items=[Server.of(r, ctx) for r in page.items], next_page_token=page.next_page_token
-    )
+    return visible_page(db, ctx, settings, SERVER_KIND, query, lambda _conn, r: Server.of(r, ctx))
 
 
 # -- one server ---------------------------------------------------------------------------------------
