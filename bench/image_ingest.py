@@ -169,7 +169,7 @@ def main() -> int:
         token = secrets.token_urlsafe(16)
         port = free_port()
         env = {"SOVRA_DATA_DIR": str(root / "data"), "SOVRA_ADMIN_TOKEN": token, "SOVRA_API_PORT": str(port)}
-        server = spawn("server", [str(VENV_BIN / "sovra"), "server"], env=env, log_dir=root)
+        server = spawn("server", [str(VENV_BIN / "sovra"), "api"], env=env, log_dir=root)
         worker = spawn("worker", [str(VENV_BIN / "sovra"), "worker"], env=env, log_dir=root)
         url = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{url}/readyz", server)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import random
 import secrets
@@ -124,7 +125,7 @@ def place_worker(url: str, job_path: str, out_path: str) -> int:
     samples: list[float] = []
     no_valid_host = 0
     pass_gate(url)
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     for consumer in job["consumers"]:
         request = PlacementRequest(
             consumer_id=consumer,
@@ -139,7 +140,7 @@ def place_worker(url: str, job_path: str, out_path: str) -> int:
         except NoValidHost:
             no_valid_host += 1
         samples.append(time.perf_counter() - before)
-    finished = time.time()
+    finished, cpu = time.time(), time.process_time() - cpu
     conflicts = REGISTRY.get_sample_value("sovra_scheduler_claim_conflicts_total") or 0.0
     db.dispose()
     Path(out_path).write_text(
@@ -147,6 +148,7 @@ def place_worker(url: str, job_path: str, out_path: str) -> int:
             {
                 "started": started,
                 "finished": finished,
+                "cpu": cpu,
                 "samples": samples,
                 "conflicts": int(conflicts),
                 "failed": no_valid_host,
@@ -184,7 +186,7 @@ def bare_worker(url: str, job_path: str, out_path: str) -> int:
         hosts = [row[0] for row in conn.execute("SELECT host_id FROM host_capacity").fetchall()]
         conn.commit()
         pass_gate(url)
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         for consumer in job["consumers"]:
             before = time.perf_counter()
             while True:
@@ -201,12 +203,13 @@ def bare_worker(url: str, job_path: str, out_path: str) -> int:
                     break
                 conflicts += 1
             samples.append(time.perf_counter() - before)
-        finished = time.time()
+        finished, cpu = time.time(), time.process_time() - cpu
     Path(out_path).write_text(
         json.dumps(
             {
                 "started": started,
                 "finished": finished,
+                "cpu": cpu,
                 "samples": samples,
                 "conflicts": conflicts,
                 "failed": 0,
@@ -244,6 +247,7 @@ def create_project(url: str) -> str:
 def create_hosts(url: str, first: int, last: int) -> None:
     """Hosts ``first`` to ``last - 1``, recorded as ``host.refresh`` records a fake host it reached."""
     from sovra.compute import hosts
+    from sovra.compute.hosts import observed
     from sovra.domain.host import HOST_KIND, HostSpec, HostState
     from sovra.store import resources as resource_store
     from sovra.store.database import Database
@@ -266,7 +270,7 @@ def create_hosts(url: str, first: int, last: int) -> None:
                         state=HostState.REGISTERING,
                     )
                     hosts.update_status(
-                        conn, host.id, lambda s, sp=spec, inv=inventory: hosts.observed(s, sp, inv)
+                        conn, host.id, functools.partial(observed, spec=spec, inventory=inventory)
                     )
     finally:
         db.dispose()
@@ -389,8 +393,7 @@ def run_placements(
 
         wait_until(all_waiting, 120, f"{PROCESSES} {kind} processes to reach the gate")
         backends = client_backends(gate) - {gate.info.backend_pid}
-        pids = {p.process.pid for p in procs}
-        cpu_before = cpu_of(pids | backends)
+        cpu_before = cpu_of(backends)
         opened = time.time()
         gate.execute("SELECT pg_advisory_unlock(%s)", (GATE_KEY,))
         cpu_after: dict[int, float] = {}
@@ -398,9 +401,9 @@ def run_placements(
         while any(p.alive() for p in procs):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{kind} processes did not finish {len(consumers)} placements")
-            # CPU is read while the processes still run (a finished one has no /proc entry left);
-            # the last reading before each exits is what it used
-            cpu_after.update(cpu_of(pids | backends))
+            # the backends' CPU is read while they run (one that ended has no /proc entry left): the
+            # last reading, at most 50 ms old, is what it used; the processes measure their own
+            cpu_after.update(cpu_of(backends))
             time.sleep(0.05)
         for proc in procs:
             if proc.process.returncode != 0:
@@ -419,8 +422,8 @@ def run_placements(
         latencies=Latencies.of_seconds(samples),
         conflicts=sum(r["conflicts"] for r in results),
         failed=sum(r["failed"] for r in results),
-        worker_cpu_ms=1000 * sum(used.get(pid, 0.0) for pid in pids) / len(samples),
-        database_cpu_ms=1000 * sum(used.get(pid, 0.0) for pid in backends) / len(samples),
+        worker_cpu_ms=1000 * sum(r["cpu"] for r in results) / len(samples),  # measured by each process
+        database_cpu_ms=1000 * sum(used.values()) / len(samples),
         settings=results[0].get("settings", {}),
     )
     result.checks = check_placements(url, consumers)
@@ -468,7 +471,7 @@ def checks_ok(result: PlaceResult) -> bool:
     """No host overcommitted, usage equal to the allocations, and every consumer holds exactly one
     allocation unless its request failed (NoValidHost) and said so."""
     checks = result.checks
-    return (
+    return bool(
         checks["without_allocation"] == result.failed
         and checks["overcommitted_hosts"] == 0
         and checks["hosts_not_matching_allocations"] == 0
@@ -477,16 +480,18 @@ def checks_ok(result: PlaceResult) -> bool:
 
 def explain_fast_path(url: str) -> tuple[float, str]:
     """Server-side execution time (ms) and plan of the scheduler's fast-path query, as it is now."""
-    from sqlalchemy.dialects import postgresql
+    import sqlalchemy as sa
 
     from sovra.compute.scheduler import PlacementRequest, fast_path, filters
     from sovra.config import Settings
+    from sovra.store.database import normalise_url
 
     request = PlacementRequest(
         consumer_id="x", project_id="x", vcpus=VCPUS, memory_mib=MEMORY_MIB, disk_gib=DISK_GIB
     )
     query = fast_path(filters(request), Settings(database_url=url))
-    sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    dialect = sa.create_engine(normalise_url(url)).dialect  # no connection is opened
+    sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute(sql).fetchall()  # warm
         times = []
@@ -712,15 +717,18 @@ def collect_creates(conn: psycopg.Connection, hosts: int, count: int, opened: fl
         " WHERE o.verb = 'server.create' AND s.state = 'SUCCEEDED'"
     ):
         steps.setdefault(name, []).append(float(seconds))
-    states = dict(
-        rows("SELECT status->>'state', count(*) FROM resources WHERE kind = 'Server' GROUP BY 1")  # type: ignore[arg-type]
-    )
+    states = {
+        row[0]: row[1]
+        for row in rows("SELECT status->>'state', count(*) FROM resources WHERE kind = 'Server' GROUP BY 1")
+    }
     faults: dict[str, int] = {}
     for (status,) in rows(
         "SELECT status FROM resources WHERE kind = 'Server' AND status->>'state' <> 'ACTIVE'"
     ):
         fault = status.get("fault") or {}
-        running = next((c for c in status.get("conditions", []) if c.get("type") == "Running"), {})
+        running: dict[str, Any] = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "Running"), {}
+        )
         why = (
             f"{status.get('state')}, power {status.get('power_state')}, Running={running.get('status')}"
             f" ({running.get('reason')}), fault {fault.get('code', '-')} {fault.get('message', '')[:100]}"

@@ -278,7 +278,7 @@ def virsh_round(setup: Setup, build: Any, work_dir: Path, leftovers: Leftovers) 
     """Disks and XML made as Sovra makes them (not timed); timed: define, start, running."""
     from sovra.compute import server_ops
     from sovra.domain.ids import new_id
-    from sovra.images.boottest import make_nocloud_seed
+    from sovra.images.nocloud import make_nocloud_seed
     from sovra.virt.domain_xml import render
     from sovra.virt.driver import DomainSpec, connect
 

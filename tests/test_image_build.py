@@ -20,9 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sovra.domain.image import BootTest, ScsMetadata
 from sovra.images import qemu_img
-from sovra.images.boottest import BootTestResult, boot_test, make_nocloud_seed
+from sovra.images.boottest import BootTestResult, boot_test
 from sovra.images.build import BuildError, BuildResult, guest_init
 from sovra.images.inspection import inspect_file
+from sovra.images.nocloud import make_nocloud_seed
 
 pytestmark = pytest.mark.slow
 

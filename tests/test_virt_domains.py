@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from sovra.images.boottest import make_nocloud_seed
 from sovra.images.inspection import inspect_file
+from sovra.images.nocloud import make_nocloud_seed
 from sovra.virt import (
     DomainNotFound,
     DomainSpec,

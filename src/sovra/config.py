@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default="spread", description="spread: most free RAM first; pack: least free RAM first."
     )
     scheduler_subset_size: int = Field(
-        default=3, ge=1, le=100, description="Pick at random among this many best hosts (fewer races)."
+        default=20, ge=1, le=100, description="Pick at random among this many best hosts (fewer races)."
     )
     scheduler_max_attempts: int = Field(
         default=5, ge=1, le=50, description="Claims a placement may lose to other schedulers before failing."

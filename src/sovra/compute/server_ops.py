@@ -29,7 +29,7 @@ from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource
 from sovra.domain.server import SERVER_KIND, ServerSpec, ServerState, settled_state
 from sovra.images.blobstore import LocalBlobStore
-from sovra.images.boottest import make_nocloud_seed
+from sovra.images.nocloud import make_nocloud_seed
 from sovra.operations.context import StepContext
 from sovra.operations.errors import RetryableError, StepError
 from sovra.operations.registry import Registry, Step
@@ -130,6 +130,8 @@ def _schedule(ctx: StepContext) -> dict[str, Any]:
     try:
         placement = place(ctx.db, request, ctx.settings)
     except NoValidHost as exc:
+        if any(report.filter == "claim" for report in exc.reports):  # room exists, others were faster
+            raise RetryableError("CLAIMS_LOST", str(exc)) from exc
         raise StepError("NO_VALID_HOST", str(exc), reports=exc.reports_json()) from exc
     host = {
         "id": placement.host_id,

@@ -13,13 +13,12 @@ There is no KVM on our hosts (see the virtualisation notes), so QEMU always runs
 from __future__ import annotations
 
 import codecs
-import json
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,8 +34,6 @@ SETTLE_MAX_SECONDS = 1.5
 _WINDOW_CHARS = 1 << 20
 """The marker is searched in at most this much of the newest console text (a chatty guest must
 not grow memory without bound); any sane marker is far shorter."""
-_XORRISO_ISO_OPTIONS = ("-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock")
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class BootTestResult:
 
 
 class BootTestError(RuntimeError):
-    """The boot test could not be run at all (QEMU or xorriso missing, xorriso failed)."""
+    """The boot test could not be run at all (QEMU missing or failing to start)."""
 
 
 def boot_test(
@@ -110,47 +107,6 @@ def boot_test(
         if process is not None:
             _stop(process)
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def make_nocloud_seed(
-    path: Path,
-    instance_id: str,
-    hostname: str,
-    user_data: str | bytes,
-    public_keys: Sequence[str] = (),
-) -> Path:
-    """Write a cloud-init NoCloud seed ISO (volume label ``cidata``) with ``meta-data`` and
-    ``user-data``; no network, no mounting (xorriso writes the ISO 9660 image itself).
-
-    ``public_keys`` go into meta-data's ``public-keys`` list (as cloud-init's NoCloud reads them),
-    so they reach the guest whatever the user data is (a script or a cloud-config)."""
-    if not instance_id.isprintable() or not instance_id.strip() or ":" in instance_id:
-        raise ValueError(f"instance_id {instance_id!r} must be printable text without ':'")
-    if not _HOSTNAME_RE.fullmatch(hostname):
-        raise ValueError(f"hostname {hostname!r} is not a valid host name")
-    payload = user_data.encode() if isinstance(user_data, str) else user_data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".seed-", dir=path.parent) as staging_name:
-        staging = Path(staging_name)
-        (staging / "meta-data").write_text(_meta_data(instance_id, hostname, public_keys))
-        (staging / "user-data").write_bytes(payload)
-        partial = staging / "seed.iso"
-        files = [str(staging / "meta-data"), str(staging / "user-data")]
-        _run([_tool("xorriso", "xorriso"), *_XORRISO_ISO_OPTIONS, "-output", str(partial), *files])
-        partial.replace(path)
-    return path
-
-
-def _meta_data(instance_id: str, hostname: str, public_keys: Sequence[str]) -> str:
-    """The NoCloud meta-data document. Keys are written as JSON strings (valid YAML), so a key's
-    comment can never break out of its list item."""
-    lines = [f"instance-id: {instance_id}", f"local-hostname: {hostname}"]
-    for key in public_keys:
-        if not key.isprintable():
-            raise ValueError("public keys must be single-line printable text")
-    if public_keys:
-        lines += ["public-keys:", *(f"  - {json.dumps(key)}" for key in public_keys)]
-    return "\n".join(lines) + "\n"
 
 
 # --- QEMU ----------------------------------------------------------------------------------------
