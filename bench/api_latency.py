@@ -260,9 +260,7 @@ def start_servers(
     }
     if backend == "postgresql":
         env["SOVRA_DATABASE_URL"] = database_url
-    sovra = spawn(
-        f"sovra-server-{backend}", [SOVRA, "api", "--port", str(port)], log_dir=work_dir, env=env
-    )
+    sovra = spawn(f"sovra-server-{backend}", [SOVRA, "api", "--port", str(port)], log_dir=work_dir, env=env)
     wait_http_ok(f"http://127.0.0.1:{port}/healthz", sovra)  # migrated once the API answers
     bare = spawn(
         f"bare-server-{backend}",
