@@ -313,7 +313,7 @@ def virsh_round(setup: Setup, build: Any, work_dir: Path, leftovers: Leftovers) 
         iso = make_nocloud_seed(
             work_dir / f"{domain_id}-seed.iso", instance_id=domain_id, hostname="virsh", user_data=""
         )
-        took("NoCloud seed (xorriso)")
+        took("NoCloud seed (pycdlib)")
         with iso.open("rb") as source:
             driver.upload_volume(spec.seed_volume, source, iso.stat().st_size)
         took("seed upload (libvirt)")
