@@ -405,7 +405,7 @@ def test_the_fast_path_walks_the_index_instead_of_reading_every_host(
             scans = list(_scans_of(plan, "host_capacity"))
             assert [scan["Index Name"] for scan in scans] == ["ix_host_capacity_fit"], plan
             read = sum(scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) for scan in scans)
-            assert read <= 10, plan
+            assert read <= settings.scheduler_subset_size + 5, plan  # the subset, not 10,000 hosts
         else:
             steps = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
             assert any("USING INDEX ix_host_capacity_fit" in step for step in steps), steps
