@@ -21,9 +21,12 @@ from sovra.cli.output import OutputFormat
 from sovra.domain.edges import EdgeType
 from sovra.domain.identity import Role
 from sovra.store import resources as resource_store
+from tests.support.databases import sqlite_database_url
 from tests.support.live_server import LiveServer, live_server
 from tests.support.principals import store_edge, store_resource, store_token
 from tests.test_cli import create_project, sovra, sovra_json
+
+database_url = sqlite_database_url  # the CLI is the same on both backends; the API tests cover those
 
 TEST_URI = "test:///default"
 OPENSSH = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH

@@ -8,10 +8,13 @@ import json
 import pytest
 
 from sovra.domain.edges import EdgeType
+from tests.support.databases import sqlite_database_url
 from tests.support.live_server import LiveServer
 from tests.support.principals import store_edge, store_project, store_resource
 from tests.test_cli import sovra, sovra_json
 from tests.test_standard_flavors import SCS_0103_MANDATORY, expected_spec
+
+database_url = sqlite_database_url  # the CLI is the same on both backends; the API tests cover those
 
 
 def test_parse_explains_a_name_offline() -> None:

@@ -16,10 +16,13 @@ from rich.console import Console
 from sovra.cli import servers
 from sovra.cli.servers import age, new_output
 from tests.support.compute import project, register_host, succeeded, upload
+from tests.support.databases import sqlite_database_url
 from tests.support.live_server import LiveServer, live_server
 from tests.test_cli import sovra, sovra_json, worker_for
 from tests.test_cli_images import TERMINAL as TERMINAL_ENV
 from tests.test_images_api import METADATA
+
+database_url = sqlite_database_url  # the CLI is the same on both backends; the API tests cover those
 
 FLAVOR = "SCS-1L-1"
 TERMINAL: dict[str, str | None] = {**TERMINAL_ENV}

@@ -7,7 +7,9 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from sovra.store.database import Database, normalise_url
@@ -56,3 +58,12 @@ def empty_all_tables(db: Database) -> None:
             for table in reversed(metadata.sorted_tables):
                 conn.execute(table.delete())
         STANDARD_FLAVORS_MIGRATION.insert_standard_flavors(conn)
+
+
+@pytest.fixture
+def sqlite_database_url(tmp_path: Path) -> Iterator[str]:
+    """For modules whose subject is the same on both backends (the CLI: the API tests cover the
+    backends): ``database_url = sqlite_database_url`` runs them on SQLite only."""
+    url = f"sqlite:///{tmp_path / 'sovra.db'}"
+    migrated(url).dispose()
+    yield url
