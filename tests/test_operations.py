@@ -16,7 +16,7 @@ from sovra.config import Settings
 from sovra.domain.errors import Conflict
 from sovra.domain.operation import Operation, OperationState, StepState
 from sovra.operations.context import StepContext
-from sovra.operations.engine import Worker
+from sovra.operations.engine import PeriodicSchedule, Worker
 from sovra.operations.errors import RetryableError, StepError
 from sovra.operations.registry import Registry, Step
 from sovra.store import operations as ops
@@ -409,3 +409,18 @@ def test_periodic_tasks_run_when_due(db: Database, settings: Settings) -> None:
     worker._run_due_periodic()
     worker._run_due_periodic()  # not due again yet
     assert len(runs) == 1
+
+
+def test_worker_threads_of_a_process_share_one_periodic_schedule(db: Database, settings: Settings) -> None:
+    """With ``--concurrency N`` a periodic task runs once per interval, not once per thread."""
+    runs: list[str] = []
+    registry = Registry()
+    registry.add_periodic("tick", 0.05, lambda database, config: runs.append("tick"))
+    schedule = PeriodicSchedule()
+    workers = [Worker(db, registry, settings, schedule=schedule) for _ in range(3)]
+    for worker in workers:
+        worker._run_due_periodic()
+    time.sleep(0.06)
+    for worker in workers:
+        worker._run_due_periodic()
+    assert runs == ["tick"]

@@ -72,10 +72,36 @@ def backoff_seconds(step: Step, failures: int) -> float:
     return delay * random.uniform(0.8, 1.2)
 
 
+class PeriodicSchedule:
+    """When each periodic task last ran, shared by the worker threads of one process: a task is run
+    by whichever thread finds it due first, once per interval per process, not once per thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+
+    def claim(self, name: str, interval_seconds: float, now: float) -> bool:
+        """True (and the task counts as run now) when ``name`` is due; the first run of a task is
+        one interval after start-up, so that starting workers is cheap."""
+        with self._lock:
+            last = self._last.setdefault(name, now)
+            if now - last < interval_seconds:
+                return False
+            self._last[name] = now
+            return True
+
+
 class Worker:
     """One worker identity; ``run`` loops until ``stop`` is set."""
 
-    def __init__(self, db: Database, registry: Registry, settings: Settings, name: str | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        settings: Settings,
+        name: str | None = None,
+        schedule: PeriodicSchedule | None = None,
+    ) -> None:
         self.db = db
         self.registry = registry
         self.settings = settings
@@ -84,7 +110,7 @@ class Worker:
         self._held: dict[str, StepContext] = {}
         self._held_lock = threading.Lock()
         self._last_reap = 0.0
-        self._periodic_last: dict[str, float] = {}
+        self._schedule = schedule or PeriodicSchedule()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -125,11 +151,8 @@ class Worker:
     def _run_due_periodic(self) -> None:
         now = time.monotonic()
         for task in self.registry.periodic:
-            # the first run is one interval after start-up, so that starting workers is cheap
-            due = self._periodic_last.setdefault(task.name, now)
-            if now - due < task.interval_seconds:
+            if not self._schedule.claim(task.name, task.interval_seconds, now):
                 continue
-            self._periodic_last[task.name] = now
             try:
                 task.run(self.db, self.settings)
             except Exception:
@@ -371,8 +394,9 @@ def run_workers(
 ) -> list[threading.Thread]:
     """Start ``count`` worker threads sharing ``stop``; used by ``sovra up`` and ``sovra worker``."""
     threads = []
+    schedule = PeriodicSchedule()
     for _ in range(count):
-        worker = Worker(db, registry, settings)
+        worker = Worker(db, registry, settings, schedule=schedule)
         worker.stop = stop
         thread = threading.Thread(target=worker.run, name=f"worker-{worker.id}", daemon=True)
         thread.start()
