@@ -756,3 +756,21 @@ def test_public_images_are_read_by_every_tenant_and_changed_by_none_but_their_ow
     made = member.post(f"/v1/projects/{w.project_a}/images", json={"name": unique("pub"), **publish})
     assert made.status_code == 403
     assert outsider.get(f"/v1/images/{w.image_a}").status_code == 404
+
+
+def test_a_queued_server_action_shows_its_transitional_state(world: World) -> None:
+    """No worker runs here, so what the API wrote stays visible: the state the action shows while
+    its operation runs, and the operation that holds the server."""
+    client = world.client("member_a")
+    for action, body, shown in (
+        (":reboot", {"hard": True}, "REBOOTING"),
+        (":resize", {"flavor": "SCS-2V-4"}, "RESIZING"),
+        (":rebuild", {}, "BUILDING"),
+        ("", None, "DELETING"),
+    ):
+        server_id = _stored_server(world, "ACTIVE")
+        url = f"/v1/servers/{server_id}{action}"
+        answer = client.delete(url) if not action else client.post(url, json=body)
+        assert answer.status_code == 202, answer.text
+        server = client.get(f"/v1/servers/{server_id}").json()
+        assert (server["state"], server["operation_id"]) == (shown, answer.json()["id"])
