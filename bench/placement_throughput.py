@@ -684,7 +684,7 @@ def run_creates(
 
 
 def time_health_check(url: str) -> tuple[int, float]:
-    """One round of the periodic host health check (every worker thread runs one every 30 s)."""
+    """One round of the periodic host health check (every worker process runs one every 30 s)."""
     from sovra.compute import hosts
     from sovra.config import Settings
     from sovra.store.database import Database
@@ -930,10 +930,10 @@ def main() -> int:
             f" {run.checks['overcommitted_hosts']} overcommitted hosts",
         )
     if health is not None:
-        report.section("periodic work of every worker thread (timed in this process after (b))")
+        report.section("periodic work of every worker process (timed in this process after (b))")
         report.figure(
             f"one host health check round, {health[0]} hosts",
-            f"{health[1]:6.2f} s   (each worker thread runs one every 30 s)",
+            f"{health[1]:6.2f} s   (each worker process runs one every 30 s)",
         )
     report.print(env)
 
