@@ -71,7 +71,8 @@ def volumes_of(server_id: str) -> tuple[str, ...]:
 # -- reading --------------------------------------------------------------------------------------
 
 
-def _server(ctx: StepContext) -> Resource:
+def server_of(ctx: StepContext) -> Resource:
+    """The server the step's operation acts on, read now."""
     with ctx.db.read() as conn:
         return resource_store.get(conn, ctx.operation.target_id or "", kind=SERVER_KIND)
 
@@ -124,7 +125,7 @@ def _settle(ctx: StepContext, server_id: str, power: PowerState, **new_facts: An
 
 
 def _schedule(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_of(ctx)
     with ctx.db.read() as conn:
         request = placement_request(conn, server)
     try:
@@ -173,7 +174,7 @@ def placement_request(conn: Connection, server: Resource) -> PlacementRequest:
 
 def _image(ctx: StepContext) -> dict[str, Any]:
     """Put the image version on the host (once per host), verified by digest on arrival."""
-    server = _server(ctx)
+    server = server_of(ctx)
     image = state.fact(server, "image")
     driver = driver_of(server)
     store = LocalBlobStore(ctx.settings.resolved_blob_dir)
@@ -195,7 +196,7 @@ def _image(ctx: StepContext) -> dict[str, Any]:
 
 def _disks(ctx: StepContext) -> dict[str, Any]:
     """The copy-on-write root disk over the base image, and a fresh NoCloud seed."""
-    server = _server(ctx)
+    server = server_of(ctx)
     spec = ServerSpec.model_validate(server.spec)
     image = state.fact(server, "image")
     driver = driver_of(server)
@@ -243,7 +244,7 @@ def domain_spec(server: Resource) -> DomainSpec:
 def _boot(ctx: StepContext) -> dict[str, Any]:
     """Define the domain (same name and UUID as the server: a retry redefines, never duplicates)
     and power it on unless the user wants it stopped."""
-    server = _server(ctx)
+    server = server_of(ctx)
     spec = ServerSpec.model_validate(server.spec)
     driver = driver_of(server)
     host_call(lambda: driver.define_domain(domain_spec(server)))
@@ -258,7 +259,7 @@ def _boot(ctx: StepContext) -> dict[str, Any]:
 
 def _tear_down_disks(ctx: StepContext) -> dict[str, Any]:
     """Rebuild: the old domain and disks go; the server keeps its id, host and allocation."""
-    server = _server(ctx)
+    server = server_of(ctx)
     driver = driver_of(server)
     host_call(lambda: driver.destroy_domain(server.id))
     for volume in (root_volume(server.id), seed_volume(server.id)):
@@ -270,7 +271,7 @@ def _tear_down_disks(ctx: StepContext) -> dict[str, Any]:
 
 
 def _power_on(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_of(ctx)
     driver = driver_of(server)
     host_call(lambda: driver.start_domain(server.id))
     power = _wait_for(ctx, driver, server.id, {PowerState.RUNNING})
@@ -295,7 +296,7 @@ def power_off(ctx: StepContext, driver: VirtDriver, server_id: str) -> bool:
 
 
 def _power_off(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_of(ctx)
     driver = driver_of(server)
     forced = power_off(ctx, driver, server.id)
     _settle(ctx, server.id, host_call(lambda: driver.power_state(server.id)))
@@ -303,7 +304,7 @@ def _power_off(ctx: StepContext) -> dict[str, Any]:
 
 
 def _reboot(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_of(ctx)
     driver = driver_of(server)
     hard = bool(ctx.params.get("hard", False))
     if host_call(lambda: driver.power_state(server.id)) == PowerState.RUNNING:
@@ -319,7 +320,7 @@ def _reboot(ctx: StepContext) -> dict[str, Any]:
 
 
 def _claim_new_size(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_of(ctx)
     flavor = ctx.params["flavor"]
     disk = root_disk_gib(flavor, state.fact(server, "image"))
     with ctx.db.write() as conn:
@@ -339,7 +340,7 @@ def _claim_new_size(ctx: StepContext) -> dict[str, Any]:
 
 def _apply_new_size(ctx: StepContext) -> dict[str, Any]:
     """Power off, grow the root disk, redefine with the new vCPUs and RAM, power on if wanted."""
-    server = _server(ctx)
+    server = server_of(ctx)
     spec = ServerSpec.model_validate(server.spec)
     flavor = ctx.params["flavor"]
     driver = driver_of(server)
@@ -368,7 +369,7 @@ def _apply_new_size(ctx: StepContext) -> dict[str, Any]:
 
 
 def _remove_domain(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_of(ctx)
     if not state.fact(server, "host"):
         return {"skipped": "never placed on a host"}
     driver = driver_of(server)

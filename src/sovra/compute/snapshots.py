@@ -21,7 +21,6 @@ from sovra.domain.errors import Conflict
 from sovra.domain.image import IMAGE_KIND, IMAGE_VERSION_KIND, ImageVersionSpec, VersionState
 from sovra.domain.operation import Operation
 from sovra.domain.resource import Resource
-from sovra.domain.server import SERVER_KIND
 from sovra.images import versions
 from sovra.images.blobstore import LocalBlobStore
 from sovra.images.ingest import Ingest
@@ -68,7 +67,7 @@ def new_version(conn: Connection, server: Resource, image_id: str, version: str)
 
 
 def _flatten(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_ops.server_of(ctx)
     if _target_version(ctx).status.state != VersionState.IMPORTING:
         return {"skipped": "the snapshot's bytes are already in"}
     driver = server_ops.driver_of(server)
@@ -80,7 +79,7 @@ def _flatten(ctx: StepContext) -> dict[str, Any]:
 
 def _transfer(ctx: StepContext) -> dict[str, Any]:
     """Stream the flattened disk into the blob store through the upload checks; queue the pipeline."""
-    server = _server(ctx)
+    server = server_ops.server_of(ctx)
     version = _target_version(ctx)
     if version.status.state != VersionState.IMPORTING:
         return {"skipped": "the snapshot's bytes are already in"}
@@ -130,15 +129,10 @@ def _queue_prepare(operation: Operation, version: Resource) -> Callable[[Connect
 
 
 def _clean_up(ctx: StepContext) -> dict[str, Any]:
-    server = _server(ctx)
+    server = server_ops.server_of(ctx)
     driver = server_ops.driver_of(server)
     server_ops.host_call(lambda: driver.delete_volume(server_ops.snapshot_volume(server.id)))
     return {}
-
-
-def _server(ctx: StepContext) -> Resource:
-    with ctx.db.read() as conn:
-        return resource_store.get(conn, ctx.operation.target_id or "", kind=SERVER_KIND)
 
 
 def _target_version(ctx: StepContext) -> Resource:
